@@ -1,0 +1,32 @@
+// Every leedl_fast op schema, defined once. Kernels register per device elsewhere:
+// CPU in csrc/cpu/<family>.cpp (TORCH_LIBRARY_IMPL), CUDA/Triton from Python
+// (leedl_fast/_ops/<family>.py, torch.library.register_kernel).
+//
+// Conventions for the normalization family:
+//   x is 2-D (rows M, width N) and contiguous; the Python glue flattens the leading dims.
+//   mean/rstd have shape (M,), float32 (float64 for float64 x), saved for the backward.
+//   Backward outputs that are not needed (no weight / no bias) come back as shape (0,).
+#include <torch/extension.h>
+
+TORCH_LIBRARY(leedl_fast, m) {
+  // --- normalization (docs/norm.md) ---
+  m.def("layer_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, float eps)"
+        " -> (Tensor out, Tensor mean, Tensor rstd)");
+  m.def("rms_norm_fwd(Tensor x, Tensor? weight, float eps) -> (Tensor out, Tensor rstd)");
+  // "Add & Norm": residual_out = x + residual; out = norm(residual_out), one pass over memory.
+  m.def("add_layer_norm_fwd(Tensor x, Tensor residual, Tensor? weight, Tensor? bias, float eps)"
+        " -> (Tensor out, Tensor residual_out, Tensor mean, Tensor rstd)");
+  m.def("add_rms_norm_fwd(Tensor x, Tensor residual, Tensor? weight, float eps)"
+        " -> (Tensor out, Tensor residual_out, Tensor rstd)");
+  // x is the tensor that was normalized (residual_out for the add variants); dresidual, when
+  // given, is the gradient flowing into residual_out from elsewhere and is added to dx.
+  m.def("layer_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd,"
+        " Tensor? dresidual, bool has_bias) -> (Tensor dx, Tensor dweight, Tensor dbias)");
+  m.def("rms_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor rstd, Tensor? dresidual)"
+        " -> (Tensor dx, Tensor dweight)");
+}
+
+// Importable as a Python module so `import leedl_fast._C` loads the registrations above.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "leedl_fast C++ ops; use them through torch.ops.leedl_fast";
+}

@@ -1,0 +1,18 @@
+"""leedl_fast: fast fused PyTorch operators (Triton, C++, CUDA) for the LeeDL textbook's models.
+
+    import leedl_fast.functional as F      # instead of torch.nn.functional
+    leedl_fast.nn.LayerNorm(...)           # instead of torch.nn.LayerNorm
+    leedl_fast.accelerate(model)           # swap a model's modules in place, weights kept
+    with leedl_fast.backend("reference"):  # force an implementation (cpu/triton/cuda/reference)
+"""
+import torch
+
+from . import _C  # noqa: F401  (registers the op schemas and the C++ CPU kernels)
+from ._backend import BACKENDS, available_backends, backend, forced_backend
+from ._ops import norm as _norm_ops  # noqa: F401  (fake, GPU and autograd registrations)
+from . import functional, nn  # noqa: E402
+from .accelerate import accelerate  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["BACKENDS", "available_backends", "backend", "forced_backend", "functional", "nn",
+           "accelerate", "torch"]

@@ -1,0 +1,86 @@
+"""The op pattern's shared plumbing (docs/ARCHITECTURE.md), used by every family's glue module.
+
+Each op's schema lives in csrc/ops.cpp and its CPU kernel is registered in C++. This module adds:
+
+* `register_gpu(op, triton=..., cuda=...)`: one torch.library kernel for the "cuda" device that
+  runs the Triton or the CUDA C++ implementation, by the forced backend (default: `cuda` where the
+  family has one, else `triton`).
+* `register_autograd(op, setup_context, backward)`: torch.library.register_autograd, plus the
+  same pair wrapped in an autograd.Function for the direct path below.
+* `call(op, *args)`: how glue code runs an op. Normally through the dispatcher
+  (torch.ops.leedl_fast.<op>), so autograd, torch.compile and opcheck see a real op. When a GPU
+  backend is forced on CPU tensors (the Triton interpreter in tests), the dispatcher would pick the
+  C++ kernel, so the chosen implementation is called directly instead, with the same autograd.
+"""
+import torch
+
+from .. import _backend
+
+_GPU_IMPLS = {}  # op name -> {"triton": fn, "cuda": fn | None}
+_AUTOGRAD_FNS = {}  # op name -> autograd.Function running the op's direct implementation
+
+
+def _pick_gpu_impl(op, name):
+    impls = _GPU_IMPLS[op]
+    forced = _backend.forced_backend()
+    if forced in (None, "reference"):
+        forced = "cuda" if impls.get("cuda") is not None and _backend.has_cuda_extension() \
+            else "triton"
+    if forced == "cpu":
+        raise RuntimeError(f"leedl_fast.{name}: backend 'cpu' cannot run CUDA tensors")
+    impl = impls.get(forced)
+    if impl is None:
+        raise NotImplementedError(f"leedl_fast.{name}: no '{forced}' kernel for this op; "
+                                  f"available: {[k for k, v in impls.items() if v]}")
+    if forced == "cuda" and not _backend.has_cuda_extension():
+        raise RuntimeError(f"leedl_fast.{name}: the CUDA extension leedl_fast._C_cuda is not "
+                           "built (it needs torch with CUDA and nvcc at install time)")
+    if forced == "triton" and not _backend.has_triton():
+        raise RuntimeError(f"leedl_fast.{name}: backend 'triton' needs the triton package")
+    return impl
+
+
+def register_gpu(op, triton, cuda=None):
+    """Register the "cuda"-device kernel of leedl_fast::<op>."""
+    _GPU_IMPLS[op] = {"triton": triton, "cuda": cuda}
+
+    def gpu_kernel(*args):
+        return _pick_gpu_impl(op, op)(*args)
+
+    torch.library.register_kernel(f"leedl_fast::{op}", "cuda", gpu_kernel)
+
+
+def register_autograd(op, setup_context, backward):
+    torch.library.register_autograd(f"leedl_fast::{op}", backward, setup_context=setup_context)
+
+    def forward(*args):
+        return _pick_direct_impl(op)(*args)
+
+    _AUTOGRAD_FNS[op] = type(f"{op}_direct", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+    })
+
+
+def _pick_direct_impl(op):
+    if _backend.forced_backend() == "triton" and not _backend.triton_interpreted():
+        raise RuntimeError(f"leedl_fast.{op}: backend 'triton' on CPU tensors needs the Triton "
+                           "interpreter: set TRITON_INTERPRET=1 before triton is imported")
+    return _pick_gpu_impl(op, op)
+
+
+def call(op, *args):
+    """Run leedl_fast::<op> on args (the first argument is a tensor that fixes the device)."""
+    forced = _backend.forced_backend()
+    device = args[0].device.type
+    if forced in ("triton", "cuda") and device == "cpu":
+        fn = _AUTOGRAD_FNS.get(op)
+        needs_grad = torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        if fn is not None and needs_grad:
+            return fn.apply(*args)
+        return _pick_direct_impl(op)(*args)
+    if forced == "cpu" and device != "cpu":
+        raise RuntimeError(f"leedl_fast.{op}: backend 'cpu' cannot run {device} tensors")
+    return getattr(torch.ops.leedl_fast, op)(*args)

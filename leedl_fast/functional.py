@@ -1,0 +1,16 @@
+"""Drop-in for torch.nn.functional: `import leedl_fast.functional as F`.
+
+Same names and signatures as torch's; the fused extras (add_layer_norm, add_rms_norm) have no
+torch counterpart. Anything leedl_fast does not accelerate falls through to
+torch.nn.functional, so the swap of the import is the only change a user makes.
+"""
+import torch.nn.functional as _torch_F
+
+from ._ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
+
+
+def __getattr__(name):
+    # Everything else (relu, linear, cross_entropy, ...) is torch's own.
+    return getattr(_torch_F, name)

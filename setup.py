@@ -1,0 +1,63 @@
+"""Builds leedl_fast._C from csrc/.
+
+- C++ CPU kernels (csrc/ops.cpp + csrc/cpu/*.cpp) always, with -O3 -fopenmp (without -fopenmp
+  at::parallel_for silently runs on one thread).
+- CUDA kernels (csrc/cuda/*.cu) are added only when the installed torch was built with CUDA and
+  nvcc is found; the CPU wheel cannot build a CUDAExtension.
+- The Triton kernels in kernels/ ship as the subpackage leedl_fast.kernels.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rel(paths):
+    return sorted(os.path.relpath(p, HERE) for p in paths)
+
+
+def _want_cuda():
+    if os.environ.get("LEEDL_FAST_NO_CUDA") == "1":
+        return False
+    import torch
+
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def extensions():
+    cpp_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
+                       + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    exts = [
+        cpp_extension.CppExtension(
+            "leedl_fast._C",
+            cpp_sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+    cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
+    if cuda_sources and _want_cuda():
+        exts.append(
+            cpp_extension.CUDAExtension(
+                "leedl_fast._C_cuda",
+                cuda_sources,
+                extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+                                    "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            )
+        )
+    return exts
+
+
+packages = find_packages(include=["leedl_fast", "leedl_fast.*"]) + ["leedl_fast.kernels"]
+
+setup(
+    packages=packages,
+    package_dir={"leedl_fast.kernels": "kernels"},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
