@@ -17,9 +17,9 @@ import torch
 from bench import harness, report
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str = "python -m bench") -> argparse.Namespace:
     families = harness.known_families()
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("families", nargs="*", metavar="family", help=f"families to run (default: all of {families})")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
@@ -52,8 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
+    args = parse_args(argv, prog)
     if args.out:
         report.RESULTS_DIR = args.out
     harness.set_threads()

@@ -139,7 +139,7 @@ def norm_bwd_kernel(DY, X, W, MEAN, RSTD, DRES, DX, DW_PART, DB_PART, M, N, rows
                     HAS_DRES: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     acc = RSTD.dtype.element_ty
-    row_start = pid * rows_per_program
+    row_start = pid.to(tl.int64) * rows_per_program  # int64 loop: row * N may pass 2**31
     row_end = tl.minimum(row_start + rows_per_program, M)
     DW_PART += pid.to(tl.int64) * N
     DB_PART += pid.to(tl.int64) * N
@@ -149,7 +149,7 @@ def norm_bwd_kernel(DY, X, W, MEAN, RSTD, DRES, DX, DW_PART, DB_PART, M, N, rows
         dw = tl.zeros([BLOCK_N], dtype=acc)
         db = tl.zeros([BLOCK_N], dtype=acc)
     for row in range(row_start, row_end):
-        off_row = row.to(tl.int64) * N
+        off_row = row * N
         mean = 0.0 if IS_RMS else tl.load(MEAN + row)
         rstd = tl.load(RSTD + row)
         if SINGLE_BLOCK:
@@ -214,8 +214,9 @@ def _num_warps(block_n):
     return max(1, min(16, block_n // 256))
 
 
-def fwd_config(n, max_fused=FWD_MAX_FUSED):
+def fwd_config(n, max_fused=None):
     """(BLOCK_N, SINGLE_BLOCK, num_warps) the forward launcher uses for width n."""
+    max_fused = FWD_MAX_FUSED if max_fused is None else max_fused
     if n <= max_fused:
         block = triton.next_power_of_2(max(n, 1))
         return block, True, _num_warps(block)
@@ -223,9 +224,9 @@ def fwd_config(n, max_fused=FWD_MAX_FUSED):
     return block, False, _num_warps(block)
 
 
-def bwd_config(n, max_fused=BWD_MAX_FUSED):
+def bwd_config(n, max_fused=None):
     """(BLOCK_N, SINGLE_BLOCK, num_warps) the backward launcher uses for width n."""
-    return fwd_config(n, max_fused)
+    return fwd_config(n, BWD_MAX_FUSED if max_fused is None else max_fused)
 
 
 def _num_programs(x, m):
@@ -235,7 +236,7 @@ def _num_programs(x, m):
     return max(1, min(m, 4))  # the interpreter runs programs one by one: keep it small
 
 
-def norm_fwd(x, residual, weight, bias, eps, is_rms, max_fused=FWD_MAX_FUSED):
+def norm_fwd(x, residual, weight, bias, eps, is_rms, max_fused=None):
     """x, residual: (M, N) contiguous. Returns (y, residual_out | None, mean | None, rstd)."""
     m, n = x.shape
     acc = _acc_dtype(x.dtype)
@@ -269,8 +270,7 @@ def column_sum(part, out):
     return out
 
 
-def norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms,
-             max_fused=BWD_MAX_FUSED):
+def norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms, max_fused=None):
     """Returns (dx, dweight | None, dbias | None); x is the tensor that was normalized."""
     m, n = x.shape
     dx = torch.empty_like(x)

@@ -33,7 +33,7 @@ def bench(argv: list[str]) -> int:
     except ImportError:
         sys.path.insert(0, str(root))
         import bench.__main__ as bench_main
-    return bench_main.main(argv)
+    return bench_main.main(argv, prog="leedl-fast bench")
 
 
 def info() -> int:
