@@ -21,15 +21,18 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench") -> argpars
     families = harness.known_families()
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("families", nargs="*", metavar="family", help=f"families to run (default: all of {families})")
+    p.add_argument("families", nargs="*", metavar="family",
+                   help=f"families to run (default: all of {families})")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--quick", action="store_true", help="one small shape per op (smoke test)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--plot", action="store_true", help="write PNG plots to bench/results/")
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
                    help="write bench/results/ files (default: on for full runs, off for --quick)")
-    p.add_argument("--min-run-time", type=float, help="CPU seconds per timing block (default 0.2, quick 0.05)")
-    p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 3 on CPU, 1 on GPU)")
+    p.add_argument("--min-run-time", type=float,
+                   help="CPU seconds per timing block (default 0.2, quick 0.05)")
+    p.add_argument("--rounds", type=int,
+                   help="interleaved timing rounds (default 3 on CPU, 1 on GPU)")
     p.add_argument("--compile-budget", type=float,
                    help="seconds of torch.compile warm-up before later compiles are skipped "
                         "(default 240 on GPU, unlimited on CPU)")
@@ -59,12 +62,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
     harness.set_threads()
     start = time.perf_counter()
     cases = harness.collect_cases(args.families, args.device, args.quick)
+    load = harness.load_average()
     ceiling, records = harness.run(cases, device=args.device, compile=not args.no_compile,
                                    min_run_time=args.min_run_time, rounds=args.rounds,
                                    compile_budget=args.compile_budget)
     report.print_report(records, ceiling, args.device)
     run = report.run_metadata(args.device, ceiling, args.families,
-                              sys.argv[1:] if argv is None else list(argv), args.quick)
+                              sys.argv[1:] if argv is None else list(argv), args.quick, load)
     run["records"] = records
     if args.save:
         for path in report.save(run):

@@ -33,7 +33,8 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 EAGER = "torch eager"
 COMPILE = "torch.compile"
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+               torch.float64: "fp64"}
 # Relative error (max |a - b| / max |b|) above which a candidate's result is flagged: loose enough
 # for a different reduction order in low precision, tight enough to catch a wrong kernel.
 MISMATCH_TOL = {torch.float32: 1e-3, torch.float64: 1e-6, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -90,12 +91,15 @@ def leedl_backends(device: str) -> tuple[str, ...]:
 
 
 def with_backend(fn: Callable, name: str) -> Callable:
-    """`fn` run under `leedl_fast.backend(name)`, so one entry point can be timed per backend."""
+    """`fn()` run under `leedl_fast.backend(name)`, so one entry point can be timed per backend.
+
+    It wraps the whole iteration, backward included: the backend is chosen when an op runs, so a
+    backward outside the block would silently use the default backend."""
     import leedl_fast
 
-    def call(*args):
+    def call():
         with leedl_fast.backend(name):
-            return fn(*args)
+            return fn()
 
     return call
 
@@ -123,12 +127,13 @@ def candidates(eager: Callable, leedl: Callable | None, inputs: tuple, mode: str
 
     torch.compile uses the default mode, fullgraph=True (a graph break would be a bug in the
     baseline) and dynamic=False (each shape gets its own static kernel, as a user's model would)."""
-    fns = {EAGER: eager}
+    fns = {EAGER: step(eager, inputs, mode, leaves, grads)}
     if compile:
-        fns[COMPILE] = torch.compile(eager, fullgraph=True, dynamic=False)
+        compiled = torch.compile(eager, fullgraph=True, dynamic=False)
+        fns[COMPILE] = step(compiled, inputs, mode, leaves, grads)
     for name in leedl_backends(device) if leedl is not None else ():
-        fns[f"leedl_fast:{name}"] = with_backend(leedl, name)
-    return {name: step(fn, inputs, mode, leaves, grads) for name, fn in fns.items()}
+        fns[f"leedl_fast:{name}"] = with_backend(step(leedl, inputs, mode, leaves, grads), name)
+    return fns
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,6 +145,11 @@ def set_threads() -> int:
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
+
+
+def load_average() -> float:
+    """1-minute load average (0 where unknown): a CPU run on a busy machine is not a result."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def synchronize(device: str) -> None:
@@ -159,15 +169,22 @@ def time_once(fn: Callable, device: str, min_run_time: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def time_interleaved(fns: dict[str, Callable], device: str, min_run_time: float, rounds: int) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Callable], device: str, min_run_time: float, rounds: int,
+                     failures: dict[str, str]) -> dict[str, float]:
     """Best median per candidate over `rounds` interleaved rounds (order reversed every round), so
-    slow drifts of a shared machine (turbo, neighbours) hit every candidate alike."""
+    slow drifts of a shared machine (turbo, neighbours) hit every candidate alike. A candidate
+    that raises while timed (out of memory, say) drops out with its error in `failures`."""
     best = {name: math.inf for name in fns}
     names = list(fns)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            best[name] = min(best[name], time_once(fns[name], device, min_run_time))
-    return best
+            if name in failures:
+                continue
+            try:
+                best[name] = min(best[name], time_once(fns[name], device, min_run_time))
+            except Exception as exc:
+                failures[name] = _failure(name, exc)
+    return {name: t for name, t in best.items() if name not in failures}
 
 
 def copy_ceiling(device: str) -> float:
@@ -183,7 +200,8 @@ def copy_ceiling(device: str) -> float:
         seconds = do_bench(lambda: dst.copy_(src), return_mode="min") * 1e-3
     else:
         from torch.utils.benchmark import Timer
-        timer = Timer("dst.copy_(src)", globals={"dst": dst, "src": src}, num_threads=torch.get_num_threads())
+        timer = Timer("dst.copy_(src)", globals={"dst": dst, "src": src},
+                      num_threads=torch.get_num_threads())
         seconds = min(timer.blocked_autorange(min_run_time=0.5).times)
     return 2 * nbytes / seconds / 1e9
 
@@ -211,7 +229,9 @@ def mismatch(out, ref, dtype: torch.dtype) -> str | None:
             return f"MISMATCH: shape {tuple(o.shape)} vs eager's {tuple(r.shape)}"
         scale = r.detach().float().abs().max().clamp_min(1e-12)
         worst = max(worst, ((o.detach().float() - r.detach().float()).abs().max() / scale).item())
-    return f"MISMATCH vs eager: rel err {worst:.1e}" if worst > MISMATCH_TOL.get(dtype, 1e-2) else None
+    if worst > MISMATCH_TOL.get(dtype, 1e-2):
+        return f"MISMATCH vs eager: rel err {worst:.1e}"
+    return None
 
 
 def _failure(name: str, exc: BaseException) -> str:
@@ -270,7 +290,7 @@ def run_case(case: Case, *, compile: bool, min_run_time: float, rounds: int, cei
             notes[name] = note
         del out
     del ref
-    times = time_interleaved(fns, case.device, min_run_time, rounds)
+    times = time_interleaved(fns, case.device, min_run_time, rounds, notes)
     eager_time = times.get(EAGER)
     records = []
     for name in [*fns, *(n for n in notes if n not in fns)]:
@@ -308,6 +328,10 @@ def collect_cases(families: list[str], device: str, quick: bool) -> list[Case]:
 def run(cases: list[Case], *, device: str, compile: bool = True, min_run_time: float = 0.2,
         rounds: int = 3, compile_budget: float = math.inf) -> tuple[float, list[dict]]:
     """Measure the ceiling, then every case; returns (ceiling GB/s, records)."""
+    load = load_average()
+    if not device.startswith("cuda") and load > 0.5:
+        print(f"warning: load average {load:.1f} before the run: other processes share the CPU, "
+              "so CPU timings will be noisy", file=sys.stderr)
     ceiling = copy_ceiling(device)
     print(f"copy ceiling on {device}: {ceiling:.1f} GB/s (read + write)", file=sys.stderr)
     state = {"budget": compile_budget, "spent": 0.0}

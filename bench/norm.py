@@ -8,13 +8,16 @@ Minimum bytes moved (M rows, N width, s bytes per element, fp32 statistics of 4 
     op               mode      bytes
     layer_norm       fwd       2·M·N·s          x read, y written
                                + 2·N·s          weight, bias read
-                               + 8·M            mean, rstd written (what a training forward saves; <1%)
+                               + 8·M            mean, rstd written (a training forward saves
+                                                them; <1% of the total)
                      bwd       3·M·N·s          dy read, x re-read, dx written
-                               + 3·N·s + 8·M    weight read, dweight/dbias written; mean, rstd read
+                               + 3·N·s + 8·M    weight read, dweight/dbias written;
+                                                mean, rstd read
     rms_norm         fwd       2·M·N·s + N·s + 4·M          (no bias, no mean)
                      bwd       3·M·N·s + 2·N·s + 4·M
     add_layer_norm   fwd       4·M·N·s + 2·N·s + 8·M        x, r read; y, s = x + r written
-                     bwd       4·M·N·s + 3·N·s + 8·M        dy, ds read, s re-read, one d(x+r) written
+                     bwd       4·M·N·s + 3·N·s + 8·M        dy, ds read, s re-read,
+                                                            one d(x+r) written
     add_rms_norm     fwd       4·M·N·s + N·s + 4·M
                      bwd       4·M·N·s + 2·N·s + 4·M
 
@@ -100,8 +103,10 @@ OPS = {
 }
 
 
-def _builder(op: str, mode: str, shape: tuple[int, int], dtype: torch.dtype, device: str, compile: bool):
-    """Deferred input creation (see `Case.build`): random x (and residual), weight near 1, bias near 0."""
+def _builder(op: str, mode: str, shape: tuple[int, int], dtype: torch.dtype, device: str,
+             compile: bool):
+    """Deferred input creation (see `Case.build`): random x and residual, weight near 1, bias
+    near 0, and for fwd+bwd random output gradients."""
     eager, spec = OPS[op]
 
     def build():

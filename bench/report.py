@@ -64,14 +64,16 @@ def git_commit() -> str | None:
                              capture_output=True, text=True, timeout=10)
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def run_metadata(device: str, ceiling: float, families: list[str], argv: list[str], quick: bool) -> dict:
+def run_metadata(device: str, ceiling: float, families: list[str], argv: list[str], quick: bool,
+                 load: float) -> dict:
     try:
         import triton
         triton_version = triton.__version__
@@ -83,6 +85,7 @@ def run_metadata(device: str, ceiling: float, families: list[str], argv: list[st
         "device": device_name(device), "device_slug": device_slug(device),
         "threads": torch.get_num_threads(), "ceiling_gbps": ceiling, "families": families,
         "quick": quick, "argv": argv,
+        "load_average_before": load,
     }
 
 
@@ -100,8 +103,12 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def shape_str(r: dict) -> str:
+    return "x".join(map(str, r["shape"]))
+
+
 def row(r: dict) -> list[str]:
-    return [r["op"], r["mode"], "x".join(map(str, r["shape"])), r["dtype"], r["backend"], _time(r["time_s"]),
+    return [r["op"], r["mode"], shape_str(r), r["dtype"], r["backend"], _time(r["time_s"]),
             _num(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
             _num(r["gbps"], ".1f"), _num(r["pct_ceiling"], ".0f"), r.get("note", "")]
 
@@ -115,7 +122,7 @@ def group_by_op(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 def format_text(headers: list[str], rows: list[list[str]]) -> str:
     """Aligned plain-text table: numbers right-aligned, text left-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells):
         return "  ".join(c.rjust(w) if h in NUMERIC else c.ljust(w)
@@ -127,7 +134,8 @@ def format_text(headers: list[str], rows: list[list[str]]) -> str:
 def format_markdown(headers: list[str], rows: list[list[str]]) -> str:
     align = ["---:" if h in NUMERIC else "---" for h in headers]
     lines = [headers, align, *rows]
-    return "\n".join("| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in lines)
+    return "\n".join("| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+                     for cells in lines)
 
 
 def acceptance_rows(records: list[dict]) -> list[list[str]]:
@@ -137,13 +145,14 @@ def acceptance_rows(records: list[dict]) -> list[list[str]]:
         if "target" not in r:
             continue
         ok = r["speedup"] is not None and r["speedup"] >= r["target"] and not r.get("note")
-        rows.append([r["op"], r["mode"], "x".join(map(str, r["shape"])), r["dtype"], r["backend"],
+        rows.append([r["op"], r["mode"], shape_str(r), r["dtype"], r["backend"],
                      _time(r["time_s"]), _num(r["speedup"], ".2f") + "x", f">= {r['target']:.2f}x",
                      "PASS" if ok else "FAIL"])
     return rows
 
 
-ACCEPTANCE_HEADERS = ["op", "mode", "shape", "dtype", "backend", "time", "vs eager", "target", "result"]
+ACCEPTANCE_HEADERS = ["op", "mode", "shape", "dtype", "backend", "time", "vs eager", "target",
+                      "result"]
 
 
 def print_report(records: list[dict], ceiling: float, device: str) -> None:
@@ -187,9 +196,10 @@ def markdown(runs: list[dict]) -> str:
            "% ceil is relative to a large `copy_` measured in the same run.\n"]
     for family, run in sorted(latest.items()):
         records = [r for r in run["records"] if r["family"] == family]
-        out.append(f"## {family}\n\n{run['timestamp']}, commit `{run['git_commit']}`, torch {run['torch']}, "
-                   f"triton {run['triton']}, {run['threads']} threads, copy ceiling "
-                   f"{run['ceiling_gbps']:.1f} GB/s{' (quick run)' if run['quick'] else ''}.\n")
+        out.append(f"## {family}\n\n{run['timestamp']}, commit `{run['git_commit']}`, "
+                   f"torch {run['torch']}, triton {run['triton']}, {run['threads']} threads, "
+                   f"copy ceiling {run['ceiling_gbps']:.1f} GB/s"
+                   f"{' (quick run)' if run['quick'] else ''}.\n")
         for (_, op), group in group_by_op(records).items():
             out.append(f"### {op}\n\n{format_markdown(HEADERS, [row(r) for r in group])}\n")
         acc = acceptance_rows(records)
@@ -220,13 +230,14 @@ def plot(records: list[dict], slug: str) -> list[Path]:
                                      figsize=(7 * len(modes), 3.2 * len(ops)))
             for (i, op), (j, mode) in ((a, b) for a in enumerate(ops) for b in enumerate(modes)):
                 ax = axes[i][j]
-                sub = [r for r in recs if r["op"] == op and r["mode"] == mode and r[key] is not None]
+                sub = [r for r in recs
+                       if r["op"] == op and r["mode"] == mode and r[key] is not None]
                 backends = [b for b in dict.fromkeys(r["backend"] for r in sub)
                             if not (kind == "speedup" and b == EAGER)]
-                labels = list(dict.fromkeys(f"{'x'.join(map(str, r['shape']))}\n{r['dtype']}" for r in sub))
+                labels = list(dict.fromkeys(f"{shape_str(r)}\n{r['dtype']}" for r in sub))
                 width = 0.8 / max(len(backends), 1)
                 for k, backend in enumerate(backends):
-                    vals = {f"{'x'.join(map(str, r['shape']))}\n{r['dtype']}": r[key]
+                    vals = {f"{shape_str(r)}\n{r['dtype']}": r[key]
                             for r in sub if r["backend"] == backend}
                     xs = [x + k * width for x, lab in enumerate(labels) if lab in vals]
                     heights = [vals[lab] for lab in labels if lab in vals]

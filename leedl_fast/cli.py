@@ -23,7 +23,8 @@ def repo_root() -> Path:
     for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
         if (candidate / "bench").is_dir() or (candidate / "tests").is_dir():
             return candidate
-    raise SystemExit("leedl-fast: run this from the leedl_fast repository (no bench/ or tests/ found)")
+    raise SystemExit("leedl-fast: run this from the leedl_fast repository "
+                     "(no bench/ or tests/ found)")
 
 
 def bench(argv: list[str]) -> int:
@@ -48,12 +49,14 @@ def info() -> int:
         triton_version = "not installed"
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip()
+                   for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     lines = [
-        ("leedl_fast", f"{getattr(leedl_fast, '__version__', '?')} ({Path(leedl_fast.__file__).parent})"),
+        ("leedl_fast", f"{getattr(leedl_fast, '__version__', '?')} "
+                       f"({Path(leedl_fast.__file__).parent})"),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
         ("triton", triton_version),
@@ -64,7 +67,8 @@ def info() -> int:
         props = torch.cuda.get_device_properties(0)
         lines += [
             ("cuda", f"{torch.version.cuda}, {torch.cuda.device_count()} device(s)"),
-            ("gpu", f"{props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB"),
+            ("gpu", f"{props.name}, sm_{props.major}{props.minor}, "
+                    f"{props.total_memory / 2**30:.0f} GiB"),
             ("cuda backends", ", ".join(leedl_fast.available_backends("cuda"))),
         ]
     else:
@@ -82,11 +86,13 @@ def check(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="leedl-fast", description="leedl_fast: benchmarks, info, tests")
+    parser = argparse.ArgumentParser(prog="leedl-fast",
+                                     description="leedl_fast: benchmarks, info, tests")
     sub = parser.add_subparsers(dest="command", metavar="{bench,info,check}")
     sub.add_parser("bench", help="run benchmarks (see `leedl-fast bench --help`)", add_help=False)
     sub.add_parser("info", help="versions, device and available backends")
-    sub.add_parser("check", help="run the test suite (extra arguments go to pytest)", add_help=False)
+    sub.add_parser("check", help="run the test suite (extra arguments go to pytest)",
+                   add_help=False)
     # bench and check forward their arguments untouched (their own parsers own --help etc.).
     if argv and argv[0] == "bench":
         return bench(argv[1:])

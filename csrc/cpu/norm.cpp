@@ -21,6 +21,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include "alloc.h"
+
 #include <cmath>
 #include <tuple>
 #include <vector>
@@ -174,8 +176,8 @@ std::vector<at::Tensor> norm_fwd(const char* op, const at::Tensor& x,
   }
   const int64_t M = x.size(0), N = x.size(1);
   const auto acc = acc_dtype(x.scalar_type());
-  auto out = at::empty_like(x);
-  auto res_out = HAS_RES ? at::empty_like(x) : at::Tensor();
+  auto out = empty_output(x);
+  auto res_out = HAS_RES ? empty_output(x) : at::Tensor();
   auto mean = at::empty({IS_RMS ? 0 : M}, x.options().dtype(acc));
   auto rstd = at::empty({M}, x.options().dtype(acc));
   const at::Tensor w = param_acc(weight, acc), b = param_acc(bias, acc);
@@ -279,7 +281,7 @@ std::vector<at::Tensor> norm_bwd(const char* op, const at::Tensor& dy, const at:
                 op, ": dresidual must be contiguous with x's shape and dtype");
   const bool has_w = weight.has_value() && weight->defined();
   const at::Tensor w = param_acc(weight, acc);
-  auto dx = at::empty_like(x);
+  auto dx = empty_output(x);
   auto dweight = at::zeros({has_w ? N : 0}, x.options());
   auto dbias = at::zeros({has_bias ? N : 0}, x.options());
   if (M == 0 || N == 0) {

@@ -1,0 +1,383 @@
+"""Compile checks that need no GPU: the device code must build for the GPUs we ship to.
+
+1. Triton: every @triton.jit kernel in kernels/*.py is compiled ahead of time, with
+   `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` for sm_90 (H100) and sm_80
+   (A100), at the configs its launcher really uses (BLOCK_N / SINGLE_BLOCK / num_warps come from the
+   launcher's own helpers, e.g. `norm.fwd_config`). A test fails on a lowering error, on shared
+   memory over the device limit, or on register spills (`ptxas -v`) not listed in ALLOWED_SPILLS.
+2. nvcc: every csrc/cuda/*.cuh is compiled alone (torch-free device code) for sm_90a and sm_80;
+   torch-free .cu files too.
+
+Why a subprocess for the Triton part: tests/conftest.py sets TRITON_INTERPRET=1 before any kernel
+module is imported, so in this process `norm_fwd_kernel` is an InterpretedFunction, the helpers it
+calls (`_row_grad`, ...) are too, and the interpreter patches triton.language while kernels run.
+Re-wrapping `kernel.fn` in a JITFunction is not enough (the code generator resolves `_row_grad`
+through the module's globals and finds the interpreted one). A child process without
+TRITON_INTERPRET imports the kernel modules afresh as real JITFunctions; it also keeps a crash in
+LLVM or ptxas from taking pytest down. This file is that child's script (`--worker`), and running
+it directly (`python tests/test_compile_checks.py`) prints a registers/spills/shared table.
+
+Adding a family: add rows to CONFIGS and a resolver to RESOLVERS (it turns a row into the
+signature, constexprs and num_warps the family's launcher would pass); test_every_kernel_has_configs
+fails until every public @triton.jit function in kernels/<family>.py has at least one row.
+"""
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_DIR = ROOT / "kernels"
+CUDA_DIR = ROOT / "csrc" / "cuda"
+
+# ---------------------------------------------------------------------------------- the table
+# A row: (kernel, dtype, width, flags, arch). `width` is the row length N the launcher sees; the
+# resolver maps it through the launcher's helpers to BLOCK_N / SINGLE_BLOCK / num_warps.
+# Representative, not exhaustive (80 compiles, ~25 s on 2 cores):
+#   * sm_90: every dtype x every benchmark width, with the heaviest flags (residual, weight, bias);
+#   * sm_90: the other flag sets the ops really launch, in bf16, at the widest single-block width
+#     and at a looped width (register pressure peaks at the widest single block);
+#   * sm_80: every dtype at those two widths, heaviest flags;
+#   * sm_90: every dtype at the widest single-block width minus one -- N not a multiple of 16, so
+#     no 16-byte alignment and scalar loads, which costs registers (tests/test_norm.py uses 4099).
+BENCH_WIDTHS = (256, 1024, 4096, 8192, 16384, 32768)
+DTYPES = ("fp16", "bf16", "fp32")
+
+# Flag sets the ops in leedl_fast/_ops/norm.py really launch (RMS norm never has a bias).
+FWD_FLAGS = {
+    "ln_res": dict(IS_RMS=False, HAS_RES=True, HAS_W=True, HAS_B=True),      # add_layer_norm
+    "ln": dict(IS_RMS=False, HAS_RES=False, HAS_W=True, HAS_B=True),         # layer_norm
+    "rms_res": dict(IS_RMS=True, HAS_RES=True, HAS_W=True, HAS_B=False),     # add_rms_norm
+    "rms": dict(IS_RMS=True, HAS_RES=False, HAS_W=True, HAS_B=False),        # rms_norm
+    "ln_noaffine": dict(IS_RMS=False, HAS_RES=False, HAS_W=False, HAS_B=False),
+    "rms_noweight": dict(IS_RMS=True, HAS_RES=False, HAS_W=False, HAS_B=False),
+}
+BWD_FLAGS = {
+    "ln_dres": dict(IS_RMS=False, HAS_W=True, HAS_B=True, HAS_DRES=True),
+    "ln": dict(IS_RMS=False, HAS_W=True, HAS_B=True, HAS_DRES=False),
+    "rms_dres": dict(IS_RMS=True, HAS_W=True, HAS_B=False, HAS_DRES=True),
+    "rms": dict(IS_RMS=True, HAS_W=True, HAS_B=False, HAS_DRES=False),
+    "ln_noaffine": dict(IS_RMS=False, HAS_W=False, HAS_B=False, HAS_DRES=False),
+    "rms_noweight": dict(IS_RMS=True, HAS_W=False, HAS_B=False, HAS_DRES=False),
+}
+
+
+def _norm_rows():
+    rows = []
+    for kernel, flags, heavy, stress in (("norm_fwd_kernel", FWD_FLAGS, "ln_res", (16384, 32768)),
+                                         ("norm_bwd_kernel", BWD_FLAGS, "ln_dres", (8192, 32768))):
+        rows += [(kernel, dt, n, heavy, 90) for dt in DTYPES for n in BENCH_WIDTHS]
+        rows += [(kernel, "bf16", n, name, 90) for name in flags if name != heavy for n in stress]
+        rows += [(kernel, dt, n, heavy, 80) for dt in DTYPES for n in stress]
+        rows += [(kernel, dt, stress[0] - 1, heavy, 90) for dt in DTYPES]
+    rows += [("column_sum_kernel", dt, 4096, "", arch) for dt in DTYPES for arch in (90, 80)]
+    return rows
+
+
+CONFIGS = {"norm": _norm_rows()}
+
+# {(kernel, case id): reason} for spills we accept on purpose. Empty: nothing spills today.
+ALLOWED_SPILLS = {}
+
+# Largest shared memory one block may use (opt-in), in bytes: H100 227 KiB, A100 163 KiB (what
+# triton's driver reads as max_shared_mem on those cards).
+SHARED_LIMIT = {90: 232448, 80: 166912}
+
+
+def case_id(kernel, dtype, width, flags, arch):
+    return "-".join(p for p in (kernel, dtype, f"N{width}", flags, f"sm{arch}") if p)
+
+
+# ---------------------------------------------------------------------------------- resolvers
+# Each takes (kernel module, kernel name, dtype, width, flag-set name) and returns what the
+# launcher would pass: {arg: type}, {constexpr: value}, num_warps, and the args it passes 16-byte
+# aligned / divisible by 16 (torch allocations are; N is when width % 16 == 0). They run in the
+# worker, where the module is the real (compiled, not interpreted) one.
+
+def _resolve_norm(mod, kernel, dtype, width, flags):
+    t, acc = f"*{dtype}", "*fp32"  # statistics and partials are fp32 for 16/32-bit inputs
+    n_aligned = ["N"] if width % 16 == 0 else []
+    if kernel == "column_sum_kernel":
+        # column_sum(): BLOCK_P=32, BLOCK_N=64 on CUDA, num_warps=4 (literals in the launcher).
+        sig = {"PART": acc, "OUT": t, "P": "i32", "N": "i32"}
+        return sig, {"BLOCK_P": 32, "BLOCK_N": 64}, 4, ["PART", "OUT"] + n_aligned
+    if kernel == "norm_fwd_kernel":
+        block, single, warps = mod.fwd_config(width)
+        sig = {a: t for a in ("X", "RES", "W", "B", "Y", "RES_OUT")}
+        sig.update(MEAN=acc, RSTD=acc, N="i32", eps="fp32")
+        consts = dict(FWD_FLAGS[flags], BLOCK_N=block, SINGLE_BLOCK=single)
+        ptrs = ["X", "RES", "W", "B", "Y", "RES_OUT", "MEAN", "RSTD"]
+    elif kernel == "norm_bwd_kernel":
+        block, single, warps = mod.bwd_config(width)
+        sig = {"DY": t, "X": t, "W": t, "MEAN": acc, "RSTD": acc, "DRES": t, "DX": t,
+               "DW_PART": acc, "DB_PART": acc, "M": "i32", "N": "i32", "rows_per_program": "i32"}
+        consts = dict(BWD_FLAGS[flags], BLOCK_N=block, SINGLE_BLOCK=single)
+        ptrs = ["DY", "X", "W", "MEAN", "RSTD", "DRES", "DX", "DW_PART", "DB_PART"]
+    else:
+        raise KeyError(f"no resolver for {kernel}")
+    return sig, consts, warps, ptrs + n_aligned
+
+
+RESOLVERS = {"norm": _resolve_norm}
+
+
+# ---------------------------------------------------------------------------------- the worker
+
+def _ptxas_stats(ptxas, ptx, arch_name):
+    """Registers / spills / stack from `ptxas -v`, run the way triton runs it (make_cubin)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        proc = subprocess.run([ptxas, "-lineinfo", "-v", f"--gpu-name={arch_name}", str(src),
+                               "-o", str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if proc.returncode:
+        raise RuntimeError(f"ptxas -v failed:\n{log}")
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                        log)
+    regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
+    if not frames or not regs:
+        raise RuntimeError(f"could not parse ptxas -v output:\n{log}")
+    return {"regs": max(regs), "stack": sum(int(f[0]) for f in frames),
+            "spill_stores": sum(int(f[1]) for f in frames),
+            "spill_loads": sum(int(f[2]) for f in frames)}
+
+
+def _probe():
+    """None if the CUDA backend can compile here, else why not."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.backends.nvidia.compiler import get_ptxas
+        from triton.compiler.compiler import make_backend
+        make_backend(GPUTarget("cuda", 90, 32))
+        ptxas = get_ptxas(90).path
+        subprocess.run([ptxas, "--version"], check=True, capture_output=True)
+    except Exception as e:  # noqa: BLE001 -- any failure here means "cannot check on this machine"
+        return f"triton's CUDA backend cannot compile here: {type(e).__name__}: {e}"
+    return None
+
+
+def worker(jobs_path, out_path):
+    """Compile every job in jobs_path; write {case id: result} to out_path."""
+    import importlib
+    import traceback
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    jobs = json.loads(Path(jobs_path).read_text())
+    skip = _probe()
+    if skip:
+        Path(out_path).write_text(json.dumps({"__skip__": skip}))
+        return
+    results, seen_ptx = {}, {}
+    for job in jobs:
+        cid = job["id"]
+        try:
+            mod = importlib.import_module(job["module"])
+            fn = getattr(mod, job["kernel"])
+            if not isinstance(fn, JITFunction):
+                raise TypeError(f"{job['kernel']} is a {type(fn).__name__}, not a JITFunction "
+                                "(is TRITON_INTERPRET set in the worker?)")
+            sig, consts, warps, aligned = RESOLVERS[job["family"]](
+                mod, job["kernel"], job["dtype"], job["width"], job["flags"])
+            signature = {a: "constexpr" if a in consts else sig[a] for a in fn.arg_names}
+            attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+            arch = job["arch"]
+            compiled = triton.compile(ASTSource(fn, signature, consts, attrs),
+                                      target=GPUTarget("cuda", arch, 32),
+                                      options={"num_warps": warps})
+            ptx = compiled.asm["ptx"]
+            key = (ptx, arch)
+            if key not in seen_ptx:
+                seen_ptx[key] = _ptxas_stats(get_ptxas(arch).path, ptx,
+                                             sm_arch_from_capability(arch))
+            results[cid] = {"ok": True, "shared": compiled.metadata.shared, "num_warps": warps,
+                            "constexprs": {k: consts[k] for k in ("BLOCK_N", "SINGLE_BLOCK")
+                                           if k in consts}, **seen_ptx[key]}
+        except Exception as e:  # noqa: BLE001 -- reported per case by the parent
+            results[cid] = {"ok": False,
+                            "error": f"{type(e).__name__}: {e}\n{traceback.format_exc()[-4000:]}"}
+    Path(out_path).write_text(json.dumps(results))
+
+
+def _all_jobs():
+    return [{"id": case_id(*row), "family": family, "module": f"leedl_fast.kernels.{family}",
+             "kernel": row[0], "dtype": row[1], "width": row[2], "flags": row[3], "arch": row[4]}
+            for family, rows in CONFIGS.items() for row in rows]
+
+
+def run_workers(jobs, cache_dir, n_workers=None):
+    """Run the jobs in a few child processes (round-robin split), merge their results."""
+    n_workers = n_workers or max(1, min(4, os.cpu_count() or 1, len(jobs)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(cache_dir)  # fresh cache: every run really compiles
+    procs, outs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n_workers):
+            jobs_path, out_path = Path(tmp) / f"jobs{i}.json", Path(tmp) / f"out{i}.json"
+            jobs_path.write_text(json.dumps(jobs[i::n_workers]))
+            procs.append(subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", str(jobs_path),
+                 str(out_path)], env=env, cwd=str(ROOT), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True))
+            outs.append(out_path)
+        results, logs = {}, []
+        for proc, out in zip(procs, outs):
+            log, _ = proc.communicate(timeout=900)
+            if out.exists():
+                results.update(json.loads(out.read_text()))
+            else:  # the worker died (e.g. an LLVM abort): every one of its cases fails with this
+                logs.append(f"worker exited with {proc.returncode}:\n{log[-6000:]}")
+    return results, logs
+
+
+# ---------------------------------------------------------------------------------- triton tests
+
+@pytest.fixture(scope="session")
+def triton_results(tmp_path_factory):
+    pytest.importorskip("triton", reason="triton is not installed")
+    results, logs = run_workers(_all_jobs(), tmp_path_factory.mktemp("triton_cache"))
+    if "__skip__" in results:
+        pytest.skip(results["__skip__"])
+    return results, logs
+
+
+def _jit_functions(path):
+    """Names of the @triton.jit functions defined in a kernels/ file (read, not imported)."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            for dec in node.decorator_list:
+                dec = dec.func if isinstance(dec, ast.Call) else dec
+                if ast.unparse(dec) in ("triton.jit", "jit"):
+                    names.append(node.name)
+    return names
+
+
+def test_every_kernel_has_configs():
+    """Every public @triton.jit function (helpers start with `_`) has at least one config row."""
+    for path in sorted(KERNEL_DIR.glob("*.py")):
+        kernels = [k for k in _jit_functions(path) if not k.startswith("_")]
+        if not kernels:
+            continue
+        covered = {row[0] for row in CONFIGS.get(path.stem, [])}
+        missing = sorted(set(kernels) - covered)
+        assert not missing, f"kernels/{path.name}: no CONFIGS rows for {missing}"
+        assert path.stem in RESOLVERS, f"kernels/{path.name}: no resolver in RESOLVERS"
+    for family, rows in CONFIGS.items():
+        defined = set(_jit_functions(KERNEL_DIR / f"{family}.py"))
+        stale = sorted({row[0] for row in rows} - defined)
+        assert not stale, f"CONFIGS[{family!r}] names kernels that no longer exist: {stale}"
+
+
+@pytest.mark.parametrize("row", [row for rows in CONFIGS.values() for row in rows],
+                         ids=[case_id(*row) for rows in CONFIGS.values() for row in rows])
+def test_triton_kernel_compiles(row, triton_results):
+    results, logs = triton_results
+    cid = case_id(*row)
+    res = results.get(cid)
+    if res is None:
+        pytest.fail(f"{cid}: no result from the compile worker\n" + "\n".join(logs))
+    if not res["ok"]:
+        pytest.fail(f"{cid} failed to compile:\n{res['error']}")
+    kernel, arch = row[0], row[4]
+    assert res["shared"] <= SHARED_LIMIT[arch], (
+        f"{cid}: {res['shared']} bytes of shared memory > the sm_{arch} limit {SHARED_LIMIT[arch]}")
+    if (kernel, cid) not in ALLOWED_SPILLS:
+        assert res["spill_stores"] == 0 and res["spill_loads"] == 0, (
+            f"{cid}: register spills ({res['spill_stores']} B stored, {res['spill_loads']} B "
+            f"loaded, {res['regs']} registers, num_warps={res['num_warps']}, {res['constexprs']}); "
+            "fix the config or add it to ALLOWED_SPILLS with a reason")
+
+
+# ---------------------------------------------------------------------------------- nvcc tests
+# .cuh files hold torch-free device code, so nvcc checks them alone: a translation unit that
+# includes the header twice (self-contained, include guard works), compiled with no torch include
+# path (so a torch include fails here, as it should), ptxas warning on spills.
+# .cu files that include torch/ATen/c10 headers are NOT compiled here: the CPU torch wheel ships
+# ATen/cuda and c10/cuda headers but not c10/cuda/impl/cuda_cmake_macros.h, ATen/cuda/CUDAContext.h
+# needs cusparse.h (not in a bare nvcc install), and even a TU with only <torch/extension.h> takes
+# over two minutes under nvcc (measured) -- setup.py's CUDAExtension build on a CUDA machine
+# compiles them. Torch-free .cu files are compiled.
+NVCC_ARCHS = ("sm_90a", "sm_80")
+TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10|pybind11)/', re.MULTILINE)
+
+
+def _cuda_files():
+    if not CUDA_DIR.is_dir():
+        return []
+    return sorted(CUDA_DIR.glob("*.cuh")) + sorted(CUDA_DIR.glob("*.cu"))
+
+
+def _nvcc_params():
+    files = _cuda_files()
+    if not files:
+        return [pytest.param(None, None, id="no-csrc-cuda-files",
+                             marks=pytest.mark.skip(reason="csrc/cuda has no .cu/.cuh files yet"))]
+    return [pytest.param(f, arch, id=f"{f.name}-{arch}") for f in files for arch in NVCC_ARCHS]
+
+
+@pytest.mark.parametrize("path, arch", _nvcc_params())
+def test_nvcc_compiles(path, arch, tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on PATH")
+    source = path.read_text()
+    if path.suffix == ".cuh":
+        assert not TORCH_INCLUDE.search(source), f"{path.name}: .cuh device code must be torch-free"
+        tu = tmp_path / f"check_{path.stem}.cu"
+        tu.write_text(f'#include "{path}"\n#include "{path}"  // include guard\n')
+    else:
+        if TORCH_INCLUDE.search(source):
+            pytest.skip(f"{path.name} includes torch headers: built by setup.py where torch has "
+                        "CUDA (see the comment above NVCC_ARCHS)")
+        tu = path
+    cmd = [nvcc, f"-arch={arch}", "-std=c++17", "-c", "-o", os.devnull, "-Xptxas=-warn-spills",
+           f"-I{CUDA_DIR}", f"-I{CUDA_DIR.parent}", str(tu)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"nvcc failed on {path.name} ({arch}):\n{' '.join(cmd)}\n{log}"
+    spills = [line for line in log.splitlines() if "spill" in line.lower()]
+    assert not spills or (path.name, arch) in ALLOWED_SPILLS, (
+        f"{path.name} ({arch}) spills registers:\n" + "\n".join(spills))
+
+
+# ---------------------------------------------------------------------------------- script use
+
+def _print_table():
+    """python tests/test_compile_checks.py: compile everything and print one line per case."""
+    with tempfile.TemporaryDirectory() as cache:
+        results, logs = run_workers(_all_jobs(), cache)
+    if "__skip__" in results:
+        print("skipped:", results["__skip__"])
+        return
+    print("\n".join(logs))
+    print(f"{'case':58} {'BLOCK_N':>7} {'single':>6} {'warps':>5} {'regs':>4} {'spill st/ld':>11} "
+          f"{'stack':>5} {'shared':>6}")
+    for job in _all_jobs():
+        r = results.get(job["id"], {"ok": False, "error": "no result"})
+        if not r["ok"]:
+            print(f"{job['id']:58} FAILED: {r['error'].splitlines()[0]}")
+            continue
+        c = r["constexprs"]
+        print(f"{job['id']:58} {c.get('BLOCK_N', '-'):>7} {str(c.get('SINGLE_BLOCK', '-')):>6} "
+              f"{r['num_warps']:>5} {r['regs']:>4} {r['spill_stores']:>5}/{r['spill_loads']:<5} "
+              f"{r['stack']:>5} {r['shared']:>6}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3])
+    else:
+        _print_table()
