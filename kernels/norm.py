@@ -214,9 +214,12 @@ def _num_warps(block_n):
     return max(1, min(16, block_n // 256))
 
 
-def fwd_config(n, max_fused=None):
-    """(BLOCK_N, SINGLE_BLOCK, num_warps) the forward launcher uses for width n."""
-    max_fused = FWD_MAX_FUSED if max_fused is None else max_fused
+def _config(n, max_fused):
+    # A width that is not a multiple of 16 loses the 16-byte alignment hint, so loads are not
+    # vectorized and a row costs more registers: halve the single-block limit for it (measured
+    # with ptxas by tests/test_compile_checks.py: otherwise the widest rows spill).
+    if n % 16:
+        max_fused //= 2
     if n <= max_fused:
         block = triton.next_power_of_2(max(n, 1))
         return block, True, _num_warps(block)
@@ -224,9 +227,19 @@ def fwd_config(n, max_fused=None):
     return block, False, _num_warps(block)
 
 
-def bwd_config(n, max_fused=None):
+def fwd_config(n):
+    """(BLOCK_N, SINGLE_BLOCK, num_warps) the forward launcher uses for width n."""
+    return _config(n, FWD_MAX_FUSED)
+
+
+def bwd_config(n):
     """(BLOCK_N, SINGLE_BLOCK, num_warps) the backward launcher uses for width n."""
-    return fwd_config(n, BWD_MAX_FUSED if max_fused is None else max_fused)
+    return _config(n, BWD_MAX_FUSED)
+
+
+def column_sum_config(is_cuda=True):
+    """(BLOCK_P, BLOCK_N, num_warps) of the stage-two column sum."""
+    return 32, (64 if is_cuda else 128), 4
 
 
 def _num_programs(x, m):
@@ -236,7 +249,7 @@ def _num_programs(x, m):
     return max(1, min(m, 4))  # the interpreter runs programs one by one: keep it small
 
 
-def norm_fwd(x, residual, weight, bias, eps, is_rms, max_fused=None):
+def norm_fwd(x, residual, weight, bias, eps, is_rms):
     """x, residual: (M, N) contiguous. Returns (y, residual_out | None, mean | None, rstd)."""
     m, n = x.shape
     acc = _acc_dtype(x.dtype)
@@ -251,7 +264,7 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms, max_fused=None):
         if mean is not None:
             mean.zero_()
         return y, res_out, mean, rstd
-    block, single, warps = fwd_config(n, max_fused)
+    block, single, warps = fwd_config(n)
     norm_fwd_kernel[(m,)](
         x, residual if residual is not None else x, weight if weight is not None else x,
         bias if bias is not None else x, y, res_out if res_out is not None else y,
@@ -264,13 +277,13 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms, max_fused=None):
 def column_sum(part, out):
     """out[:] = part.sum(0), with the stage-two Triton kernel."""
     p, n = part.shape
-    block_n = 64 if part.is_cuda else 128
-    column_sum_kernel[(triton.cdiv(n, block_n),)](part, out, p, n, BLOCK_P=32, BLOCK_N=block_n,
-                                                   num_warps=4)
+    block_p, block_n, warps = column_sum_config(part.is_cuda)
+    column_sum_kernel[(triton.cdiv(n, block_n),)](part, out, p, n, BLOCK_P=block_p,
+                                                   BLOCK_N=block_n, num_warps=warps)
     return out
 
 
-def norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms, max_fused=None):
+def norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms):
     """Returns (dx, dweight | None, dbias | None); x is the tensor that was normalized."""
     m, n = x.shape
     dx = torch.empty_like(x)
@@ -281,7 +294,7 @@ def norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms, max_fused=N
         if dresidual is not None:
             dx.copy_(dresidual)
         return dx, dweight, dbias
-    block, single, warps = bwd_config(n, max_fused)
+    block, single, warps = bwd_config(n)
     programs = _num_programs(x, m)
     rows_per_program = triton.cdiv(m, programs)
     programs = triton.cdiv(m, rows_per_program)

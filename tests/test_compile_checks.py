@@ -83,8 +83,13 @@ def _norm_rows():
 
 CONFIGS = {"norm": _norm_rows()}
 
-# {(kernel, case id): reason} for spills we accept on purpose. Empty: nothing spills today.
-ALLOWED_SPILLS = {}
+# Spills accepted on purpose, with the reason: {(kernel, case id): reason} for Triton cases and
+# {(file name, arch): reason} for nvcc. Anything else that spills fails: fix it or justify it here.
+ALLOWED_SPILLS = {
+    ("norm_bwd_kernel", "norm_bwd_kernel-fp32-N8192-ln_dres-sm80"):
+        "8 bytes at the 128-register cap of 16 warps on A100 only (H100: no spill); the "
+        "alternative, the looped variant, re-reads the partial dweight/dbias rows from memory",
+}
 
 # Largest shared memory one block may use (opt-in), in bytes: H100 227 KiB, A100 163 KiB (what
 # triton's driver reads as max_shared_mem on those cards).
@@ -105,9 +110,9 @@ def _resolve_norm(mod, kernel, dtype, width, flags):
     t, acc = f"*{dtype}", "*fp32"  # statistics and partials are fp32 for 16/32-bit inputs
     n_aligned = ["N"] if width % 16 == 0 else []
     if kernel == "column_sum_kernel":
-        # column_sum(): BLOCK_P=32, BLOCK_N=64 on CUDA, num_warps=4 (literals in the launcher).
+        block_p, block_n, warps = mod.column_sum_config(is_cuda=True)
         sig = {"PART": acc, "OUT": t, "P": "i32", "N": "i32"}
-        return sig, {"BLOCK_P": 32, "BLOCK_N": 64}, 4, ["PART", "OUT"] + n_aligned
+        return sig, {"BLOCK_P": block_p, "BLOCK_N": block_n}, warps, ["PART", "OUT"] + n_aligned
     if kernel == "norm_fwd_kernel":
         block, single, warps = mod.fwd_config(width)
         sig = {a: t for a in ("X", "RES", "W", "B", "Y", "RES_OUT")}
@@ -140,8 +145,8 @@ def _ptxas_stats(ptxas, ptx, arch_name):
     log = proc.stdout + proc.stderr
     if proc.returncode:
         raise RuntimeError(f"ptxas -v failed:\n{log}")
-    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
-                        log)
+    frames = re.findall(
+        r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
     regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
     if not frames or not regs:
         raise RuntimeError(f"could not parse ptxas -v output:\n{log}")
@@ -245,9 +250,13 @@ def run_workers(jobs, cache_dir, n_workers=None):
 # ---------------------------------------------------------------------------------- triton tests
 
 @pytest.fixture(scope="session")
-def triton_results(tmp_path_factory):
+def triton_results(request, tmp_path_factory):
     pytest.importorskip("triton", reason="triton is not installed")
-    results, logs = run_workers(_all_jobs(), tmp_path_factory.mktemp("triton_cache"))
+    # Compile only the cases this session selected (-k, a node id): all of them in a full run.
+    selected = {case_id(*item.callspec.params["row"]) for item in request.session.items
+                if getattr(item, "originalname", None) == "test_triton_kernel_compiles"}
+    jobs = [job for job in _all_jobs() if job["id"] in selected]
+    results, logs = run_workers(jobs, tmp_path_factory.mktemp("triton_cache"))
     if "__skip__" in results:
         pytest.skip(results["__skip__"])
     return results, logs
@@ -288,30 +297,41 @@ def test_triton_kernel_compiles(row, triton_results):
     cid = case_id(*row)
     res = results.get(cid)
     if res is None:
-        pytest.fail(f"{cid}: no result from the compile worker\n" + "\n".join(logs))
+        pytest.fail(f"{cid}: no result from the compile worker\n" + "\n".join(logs),
+                    pytrace=False)
     if not res["ok"]:
-        pytest.fail(f"{cid} failed to compile:\n{res['error']}")
+        pytest.fail(f"{cid} failed to compile:\n{res['error']}", pytrace=False)
     kernel, arch = row[0], row[4]
-    assert res["shared"] <= SHARED_LIMIT[arch], (
-        f"{cid}: {res['shared']} bytes of shared memory > the sm_{arch} limit {SHARED_LIMIT[arch]}")
-    if (kernel, cid) not in ALLOWED_SPILLS:
-        assert res["spill_stores"] == 0 and res["spill_loads"] == 0, (
-            f"{cid}: register spills ({res['spill_stores']} B stored, {res['spill_loads']} B "
-            f"loaded, {res['regs']} registers, num_warps={res['num_warps']}, {res['constexprs']}); "
-            "fix the config or add it to ALLOWED_SPILLS with a reason")
+    if res["shared"] > SHARED_LIMIT[arch]:
+        pytest.fail(f"{cid}: {res['shared']} bytes of shared memory > the sm_{arch} limit "
+                    f"{SHARED_LIMIT[arch]}", pytrace=False)
+    if (res["spill_stores"] or res["spill_loads"]) and (kernel, cid) not in ALLOWED_SPILLS:
+        pytest.fail(f"{cid}: register spills ({res['spill_stores']} B stored, {res['spill_loads']} "
+                    f"B loaded, {res['regs']} registers, num_warps={res['num_warps']}, "
+                    f"{res['constexprs']}); fix the config or add it to ALLOWED_SPILLS with a "
+                    "reason", pytrace=False)
 
 
 # ---------------------------------------------------------------------------------- nvcc tests
 # .cuh files hold torch-free device code, so nvcc checks them alone: a translation unit that
-# includes the header twice (self-contained, include guard works), compiled with no torch include
-# path (so a torch include fails here, as it should), ptxas warning on spills.
+# includes the header twice (self-contained, include guard works) with no torch include path (a
+# torch include fails, as it should). Templates are only parsed unless something instantiates
+# them, so the TU also takes the address of each launcher listed in CUDA_INSTANTIATE: that
+# instantiates every kernel the launcher can pick, and ptxas then compiles them all and warns on
+# register spills (which fail the test unless (file, arch) is in ALLOWED_SPILLS).
 # .cu files that include torch/ATen/c10 headers are NOT compiled here: the CPU torch wheel ships
 # ATen/cuda and c10/cuda headers but not c10/cuda/impl/cuda_cmake_macros.h, ATen/cuda/CUDAContext.h
 # needs cusparse.h (not in a bare nvcc install), and even a TU with only <torch/extension.h> takes
 # over two minutes under nvcc (measured) -- setup.py's CUDAExtension build on a CUDA machine
-# compiles them. Torch-free .cu files are compiled.
+# compiles them; keep their device code in the .cuh. Torch-free .cu files are compiled as they are.
 NVCC_ARCHS = ("sm_90a", "sm_80")
 TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10|pybind11)/', re.MULTILINE)
+
+# {header: [launcher template instances]}: every .cuh that defines __global__ kernels needs a row.
+CUDA_INSTANTIATE = {
+    "norm.cuh": [f"leedl_fast::cuda_norm::launch_norm_fwd<{t}>"
+                 for t in ("float", "__half", "__nv_bfloat16")],
+}
 
 
 def _cuda_files():
@@ -328,6 +348,14 @@ def _nvcc_params():
     return [pytest.param(f, arch, id=f"{f.name}-{arch}") for f in files for arch in NVCC_ARCHS]
 
 
+def _demangle(names):
+    cxxfilt = shutil.which("c++filt")
+    if not names or cxxfilt is None:
+        return names
+    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True)
+    return out.stdout.splitlines() if out.returncode == 0 else names
+
+
 @pytest.mark.parametrize("path, arch", _nvcc_params())
 def test_nvcc_compiles(path, arch, tmp_path):
     nvcc = shutil.which("nvcc")
@@ -335,9 +363,16 @@ def test_nvcc_compiles(path, arch, tmp_path):
         pytest.skip("nvcc is not on PATH")
     source = path.read_text()
     if path.suffix == ".cuh":
-        assert not TORCH_INCLUDE.search(source), f"{path.name}: .cuh device code must be torch-free"
+        if TORCH_INCLUDE.search(source):
+            pytest.fail(f"{path.name}: .cuh device code must be torch-free", pytrace=False)
+        if "__global__" in source and path.name not in CUDA_INSTANTIATE:
+            pytest.fail(f"{path.name} defines kernels but has no CUDA_INSTANTIATE row: nvcc would "
+                        "only parse its templates", pytrace=False)
+        lines = [f'#include "{path}"', f'#include "{path}"  // include guard']
+        lines += [f"[[maybe_unused]] static auto leedl_instantiate_{i} = &{name};"
+                  for i, name in enumerate(CUDA_INSTANTIATE.get(path.name, []))]
         tu = tmp_path / f"check_{path.stem}.cu"
-        tu.write_text(f'#include "{path}"\n#include "{path}"  // include guard\n')
+        tu.write_text("\n".join(lines) + "\n")
     else:
         if TORCH_INCLUDE.search(source):
             pytest.skip(f"{path.name} includes torch headers: built by setup.py where torch has "
@@ -347,10 +382,15 @@ def test_nvcc_compiles(path, arch, tmp_path):
            f"-I{CUDA_DIR}", f"-I{CUDA_DIR.parent}", str(tu)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"nvcc failed on {path.name} ({arch}):\n{' '.join(cmd)}\n{log}"
-    spills = [line for line in log.splitlines() if "spill" in line.lower()]
-    assert not spills or (path.name, arch) in ALLOWED_SPILLS, (
-        f"{path.name} ({arch}) spills registers:\n" + "\n".join(spills))
+    if proc.returncode:
+        pytest.fail(f"nvcc failed on {path.name} ({arch}):\n{' '.join(cmd)}\n{log}", pytrace=False)
+    spills = re.findall(r"spilled to local memory in function '(\w+)', (\d+) bytes spill stores, "
+                        r"(\d+) bytes spill loads", log)
+    if spills and (path.name, arch) not in ALLOWED_SPILLS:
+        names = _demangle([name for name, _, _ in spills])
+        pytest.fail(f"{path.name} ({arch}): register spills in {len(spills)} kernel(s):\n" +
+                    "\n".join(f"  {n}: {st} B stored, {ld} B loaded"
+                               for n, (_, st, ld) in zip(names, spills)), pytrace=False)
 
 
 # ---------------------------------------------------------------------------------- script use
