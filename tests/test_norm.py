@@ -147,6 +147,16 @@ def test_triton_looped_variant(op, backend, monkeypatch):
     check_against_reference(op, backend, (70, 97))  # more rows than programs: row loop
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op", OPS)
+def test_cpu_large_outputs(op, dtype):
+    # Outputs >= 4 MiB take the streaming-store path and >= 32 MiB the huge-page allocation
+    # (csrc/cpu/memory.h); rows of width 1000 (not a multiple of 8) also start misaligned.
+    # dweight/dbias sum 8400 rows in fp32: judged against torch's own fp32 error, not 1e-5.
+    rows = 8400 if dtype == torch.float32 else 2200
+    check_against_reference(op, "cpu", (rows, 1000), dtype=dtype, relative_to_torch=True)
+
+
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("op", OPS)
 def test_non_contiguous_input(op, backend):

@@ -21,7 +21,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include "alloc.h"
+#include "memory.h"
 
 #include <cmath>
 #include <tuple>
@@ -72,6 +72,19 @@ inline const A* as_acc(const T* src, int64_t n, A* scratch) {
   }
 }
 
+// dst (memory, streamed when 32-byte aligned) = buf (cache) = x + y.
+template <typename A>
+inline void nt_store_sum(A* dst, A* buf, const A* x, const A* y, int64_t n) {
+  using V = at::vec::Vectorized<A>;
+  const bool aligned = reinterpret_cast<uintptr_t>(dst) % 32 == 0;
+  for (int64_t i = 0; i < n; i += V::size()) {
+    const int64_t c = std::min<int64_t>(V::size(), n - i);
+    V s = load(x + i, c) + load(y + i, c);
+    store(s, buf + i, c);
+    if (aligned && c == V::size()) nt_store(dst + i, s); else store(s, dst + i, c);
+  }
+}
+
 inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -104,15 +117,18 @@ inline int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::m
 template <typename T, bool IS_RMS, bool HAS_RES>
 void norm_fwd_kernel(const T* x, const T* res, const acc_t<T>* w, const acc_t<T>* b, T* out,
                      T* res_out, acc_t<T>* mean_out, acc_t<T>* rstd_out, int64_t M, int64_t N,
-                     double eps) {
+                     double eps, bool stream) {
   using A = acc_t<T>;
   using V = at::vec::Vectorized<A>;
   constexpr int64_t kV = V::size();
   constexpr bool kWiden = !std::is_same_v<T, A>;  // fp16/bf16: rows are widened to fp32
   at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
-    std::vector<A> buf(kWiden ? 2 * N : 0);
-    A* row_buf = buf.data();      // the widened input row (or the residual sum)
-    A* out_buf = buf.data() + N;  // the output row before narrowing
+    // Cache-resident row buffers: the widened input row (or residual sum), the output row in
+    // the accumulation type, and a finished row of T waiting to be streamed out.
+    std::vector<A> buf(2 * N);
+    std::vector<T> t_buf(stream ? N : 0);
+    A* row_buf = buf.data();
+    A* out_buf = buf.data() + N;
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * N;
       const A* row;
@@ -120,17 +136,21 @@ void norm_fwd_kernel(const T* x, const T* res, const acc_t<T>* w, const acc_t<T>
         // s = x + residual, rounded to T and stored; the rounded sum is what gets normalized
         // (as in eager `s = x + r; layer_norm(s)`, and what the backward sees).
         const T* rr = res + r * N;
-        T* so = res_out + r * N;
+        T* so = stream ? t_buf.data() : res_out + r * N;
         if constexpr (kWiden) {
           for (int64_t i = 0; i < N; ++i) {
             so[i] = static_cast<T>(A(xr[i]) + A(rr[i]));
             row_buf[i] = A(so[i]);
           }
           row = row_buf;
+        } else if (stream) {
+          nt_store_sum(res_out + r * N, row_buf, xr, rr, N);
+          row = row_buf;
         } else {
-          at::vec::map2([](V p, V q) { return p + q; }, res_out + r * N, xr, rr, N);
-          row = res_out + r * N;
+          at::vec::map2([](V p, V q) { return p + q; }, so, xr, rr, N);
+          row = so;
         }
+        if (kWiden && stream) stream_row(res_out + r * N, so, N);
       } else {
         row = as_acc(xr, N, row_buf);
       }
@@ -151,15 +171,20 @@ void norm_fwd_kernel(const T* x, const T* res, const acc_t<T>* w, const acc_t<T>
       rstd_out[r] = rstd;
       A* o = kWiden ? out_buf : reinterpret_cast<A*>(out + r * N);
       const V vm(mean), vr(rstd);
+      const bool nt = !kWiden && stream && (reinterpret_cast<uintptr_t>(o) % 32 == 0);
       for (int64_t i = 0; i < N; i += kV) {
         const int64_t c = std::min(kV, N - i);
         V y = (load(row + i, c) - vm) * vr;
         if (w) y = y * load(w + i, c);
         if (b) y = y + load(b + i, c);
-        store(y, o + i, c);
+        if (nt && c == kV) nt_store(o + i, y); else store(y, o + i, c);
       }
-      if constexpr (kWiden) at::vec::convert(out_buf, out + r * N, N);
+      if constexpr (kWiden) {
+        at::vec::convert(out_buf, stream ? t_buf.data() : out + r * N, N);
+        if (stream) stream_row(out + r * N, t_buf.data(), N);
+      }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -189,7 +214,8 @@ std::vector<at::Tensor> norm_fwd(const char* op, const at::Tensor& x,
           w.defined() ? w.const_data_ptr<A>() : nullptr,
           b.defined() ? b.const_data_ptr<A>() : nullptr, out.mutable_data_ptr<scalar_t>(),
           HAS_RES ? res_out.mutable_data_ptr<scalar_t>() : nullptr,
-          IS_RMS ? nullptr : mean.mutable_data_ptr<A>(), rstd.mutable_data_ptr<A>(), M, N, eps);
+          IS_RMS ? nullptr : mean.mutable_data_ptr<A>(), rstd.mutable_data_ptr<A>(), M, N, eps,
+          use_streaming_stores(out));
     });
   } else if (M > 0) {
     rstd.fill_(1.0 / std::sqrt(eps));  // zero-width rows: variance 0
@@ -217,11 +243,25 @@ void norm_bwd_kernel(const T* dy, const T* x, const acc_t<T>* w, const acc_t<T>*
     A* x_buf = buf.data() + N;
     A* dx_buf = buf.data() + 2 * N;
     A* dres_buf = buf.data() + 3 * N;
+    // Two-level summation of dweight/dbias: rows add into a cache-resident block sum, which is
+    // added into the chunk's partial every kBlockRows rows. The rounding error then grows with
+    // kBlockRows + rows/kBlockRows, not with the chunk's row count (thousands of rows).
+    constexpr int64_t kBlockRows = 64;
+    std::vector<A> block_sums((dw_part ? N : 0) + (db_part ? N : 0), A(0));
+    A* dw = dw_part ? block_sums.data() : nullptr;
+    A* db = db_part ? block_sums.data() + (dw_part ? N : 0) : nullptr;
+    auto flush = [&](int64_t chunk) {
+      if (dw) at::vec::map2([](V p, V q) { return p + q; }, dw_part + chunk * N,
+                            dw_part + chunk * N, dw, N);
+      if (db) at::vec::map2([](V p, V q) { return p + q; }, db_part + chunk * N,
+                            db_part + chunk * N, db, N);
+      std::fill(block_sums.begin(), block_sums.end(), A(0));
+    };
     for (int64_t chunk = cbegin; chunk < cend; ++chunk) {
-      A* dw = dw_part ? dw_part + chunk * N : nullptr;  // this chunk's own partial sums
-      A* db = db_part ? db_part + chunk * N : nullptr;
-      const int64_t r_end = std::min(M, (chunk + 1) * rows_per_chunk);
-      for (int64_t r = chunk * rows_per_chunk; r < r_end; ++r) {
+      const int64_t r_begin = chunk * rows_per_chunk;
+      const int64_t r_end = std::min(M, r_begin + rows_per_chunk);
+      for (int64_t r = r_begin; r < r_end; ++r) {
+        if (r > r_begin && (r - r_begin) % kBlockRows == 0) flush(chunk);
         const A* dyr = as_acc(dy + r * N, N, dy_buf);
         const A* xr = as_acc(x + r * N, N, x_buf);
         const V vm(IS_RMS ? A(0) : mean[r]), vr(rstd[r]);
@@ -254,6 +294,7 @@ void norm_bwd_kernel(const T* dy, const T* x, const acc_t<T>* w, const acc_t<T>*
         }
         if constexpr (kWiden) at::vec::convert(dx_buf, dx + r * N, N);
       }
+      if (r_end > r_begin) flush(chunk);
     }
   });
 }

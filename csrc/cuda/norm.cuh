@@ -12,7 +12,10 @@
 //   var    = sum((s - mean)^2) / N                       (centred: a second pass over the row,
 //                                                        not E[s^2] - E[s]^2, which cancels
 //                                                        catastrophically when |mean| >> std)
-//   rstd   = 1 / sqrt(var + eps)
+//   rstd   = 1 / sqrt(var + eps)                        (rsqrtf; the means use __fdividef: both
+//                                                        <= 2 ulp, like torch's CUDA kernels; the
+//                                                        IEEE ops call a slow-path subroutine
+//                                                        whose calling convention spills registers)
 //   out    = round_T((s - mean) * rstd * weight + bias)  (weight / bias optional)
 // The sum is rounded to the element type before it is normalized, so `out` normalizes exactly the
 // tensor stored in residual_out -- what eager `s = x + r; norm(s)` does, what the CPU and Triton
@@ -22,17 +25,18 @@
 // by memory traffic. The least traffic a forward can move is
 //   bytes = M*N*sizeof(T) * (2 + 2*HAS_RES)    (read x [+ residual], write out [+ residual_out])
 //         + 4*M * (1 + !IS_RMS)                (rstd [+ mean])  + N*sizeof(T) per weight/bias,
-// so every kernel reads the row from HBM once and keeps it on chip (registers) between the
-// reduction and the normalize pass; only rows wider than kMaxCachedWidth are re-read (from L2).
+// so every kernel reads the row from HBM once and keeps it in registers between the reduction
+// and the normalize pass; only the widest rows are re-read (from L2).
 //
 // Three kernels, picked by the row width N (launch_norm_fwd at the bottom):
-//   N <= 1024              norm_fwd_warp_kernel   one warp per row, 4 rows per 128-thread block,
-//                                                 reductions are warp shuffles only
-//   1024 < N <= 16384      norm_fwd_block_kernel  one block (256..1024 threads) per row, row in
-//                                                 registers (8 or 16 elements per thread)
-//   N > 16384              norm_fwd_block_kernel  1024 threads per row, ELEMS = 0: the row is
-//                                                 streamed three times (sum, centred sum of
-//                                                 squares, normalize); the re-reads hit L2
+//   N <= 1024          norm_fwd_warp_kernel   one warp per row, 4 rows per 128-thread block,
+//                                             reductions are warp shuffles only
+//   1024 < N <= 16384  norm_fwd_block_kernel  one block (256..1024 threads) per row, row in
+//                                             registers (8 or 16 elements per thread;
+//                                             unaligned rows: 8, so N <= 8192)
+//   wider              norm_fwd_block_kernel  1024 threads per row, ELEMS = 0: the row is
+//                                             streamed three times (sum, centred sum of squares,
+//                                             normalize); the re-reads hit L2
 // Each kernel loads 16 bytes per instruction (4 fp32 or 8 fp16/bf16) when N is a multiple of the
 // pack size and every pointer is 16-byte aligned, else one element at a time (VEC = 1).
 #pragma once
@@ -42,7 +46,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 namespace leedl_fast {
 namespace cuda_norm {
@@ -72,12 +75,9 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 // 16-byte (VEC = 16 / sizeof(T)) or one element-sized load/store per pack.
 
 template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
+struct alignas(sizeof(T) * VEC) Pack { T v[VEC]; };
 
-// dst[0..VEC) = float(p[0..VEC))
-template <typename T, int VEC>
+template <typename T, int VEC>  // dst[0..VEC) = float(p[0..VEC))
 __device__ __forceinline__ void load_pack(const T* p, float* dst) {
   const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
 #pragma unroll
@@ -114,8 +114,7 @@ struct NormFwdArgs {
   float eps;
 };
 
-// ----------------------------------------------------------------------------- reductions
-// Both return the total to every participating thread, so no broadcast step is needed.
+// ------------------------- reductions (both return the total to every thread: no broadcast step)
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -143,7 +142,6 @@ struct BlockSum {
 };
 
 // --------------------------------------------------------------------- per-pack helpers
-
 // v = round_T(x + residual), also stored to residual_out (HAS_RES). Reads x [+ residual].
 template <typename T, bool HAS_RES, int VEC>
 __device__ __forceinline__ void load_input(const NormFwdArgs<T>& a, int64_t idx, float* v) {
@@ -211,12 +209,11 @@ __device__ __forceinline__ void norm_row_cached(const NormFwdArgs<T>& a, int64_t
     }
   }
   total = reduce(total);
-
   float mean = 0.f, var;
   if constexpr (IS_RMS) {
-    var = total / N;
+    var = __fdividef(total, N);
   } else {
-    mean = total / N;
+    mean = __fdividef(total, N);
     float sq = 0.f;  // pass 2 (registers): centred sum of squares
 #pragma unroll
     for (int k = 0; k < PACKS; ++k) {
@@ -228,9 +225,9 @@ __device__ __forceinline__ void norm_row_cached(const NormFwdArgs<T>& a, int64_t
         }
       }
     }
-    var = reduce(sq) / N;
+    var = __fdividef(reduce(sq), N);
   }
-  const float rstd = 1.f / sqrtf(var + a.eps);  // IEEE sqrt + divide, as the CPU kernel
+  const float rstd = rsqrtf(var + a.eps);
   if (tid == 0) {
     if constexpr (!IS_RMS) a.mean[row] = mean;
     a.rstd[row] = rstd;
@@ -265,12 +262,11 @@ __device__ __forceinline__ void norm_row_streamed(const NormFwdArgs<T>& a, int64
     for (int i = 0; i < VEC; ++i) total += IS_RMS ? v[i] * v[i] : v[i];
   }
   total = reduce(total);
-
   float mean = 0.f, var;
   if constexpr (IS_RMS) {
-    var = total / static_cast<float>(N);
+    var = __fdividef(total, N);
   } else {
-    mean = total / static_cast<float>(N);
+    mean = __fdividef(total, N);
     float sq = 0.f;  // pass 2: centred sum of squares
     for (int64_t col = static_cast<int64_t>(tid) * VEC; col < N; col += step) {
       load_pack<T, VEC>(src + base + col, v);
@@ -280,9 +276,9 @@ __device__ __forceinline__ void norm_row_streamed(const NormFwdArgs<T>& a, int64
         sq += d * d;
       }
     }
-    var = reduce(sq) / static_cast<float>(N);
+    var = __fdividef(reduce(sq), N);
   }
-  const float rstd = 1.f / sqrtf(var + a.eps);
+  const float rstd = rsqrtf(var + a.eps);
   if (tid == 0) {
     if constexpr (!IS_RMS) a.mean[row] = mean;
     a.rstd[row] = rstd;
@@ -303,8 +299,10 @@ constexpr int kMaxBlockThreads = 1024;
 
 // One warp per row (N <= 1024, N <= 32 * ELEMS). Grid: ceil(M / 4) blocks of 128 threads.
 // No shared memory and no __syncthreads: a warp whose row is past M leaves at once.
+// The launch bounds' second argument (at least 1 block per SM) stops ptxas (sm_80) trading a
+// few bytes of register spill for occupancy at 32 registers; it then uses ~40, no spills.
 template <typename T, bool IS_RMS, bool HAS_RES, int VEC, int ELEMS>
-__global__ void __launch_bounds__(kWarpRowsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 1)
 norm_fwd_warp_kernel(NormFwdArgs<T> a) {
   const int64_t row =
       static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock + (threadIdx.x >> 5);
@@ -316,7 +314,7 @@ norm_fwd_warp_kernel(NormFwdArgs<T> a) {
 // ELEMS == 0: the row is streamed. Grid: M blocks of 256..1024 threads (a multiple of 32).
 // __launch_bounds__(1024) caps registers at 64 per thread, which fits 16 cached floats.
 template <typename T, bool IS_RMS, bool HAS_RES, int VEC, int ELEMS>
-__global__ void __launch_bounds__(kMaxBlockThreads)
+__global__ void __launch_bounds__(kMaxBlockThreads, 1)
 norm_fwd_block_kernel(NormFwdArgs<T> a) {
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;
@@ -348,19 +346,27 @@ void launch_norm_fwd_vec(const NormFwdArgs<T>& a, cudaStream_t stream) {
     return;
   }
   const dim3 grid(static_cast<unsigned>(a.M));
-  if (N <= kMaxCachedWidth) {
+  // The scalar path (VEC = 1) caches at most 8 elements per thread: at 16, the per-element
+  // addresses and bounds checks pass the 64-register cap of 1024 threads and spill.
+  if (N <= (VEC == 1 ? kMaxBlockThreads * 8 : kMaxCachedWidth)) {
     // ~8 elements per thread: the smallest power-of-two block in [256, 1024] with
     // threads * 8 >= N; past 8192 the 1024 threads hold 16 elements each.
     int threads = 256;
     while (threads < kMaxBlockThreads && threads * 8 < N) threads *= 2;
     if (N <= threads * 8) {
       norm_fwd_block_kernel<T, IS_RMS, HAS_RES, VEC, 8><<<grid, threads, 0, stream>>>(a);
-    } else {
+    } else if constexpr (VEC > 1) {
       norm_fwd_block_kernel<T, IS_RMS, HAS_RES, VEC, 16><<<grid, threads, 0, stream>>>(a);
     }
     return;
   }
   norm_fwd_block_kernel<T, IS_RMS, HAS_RES, VEC, 0><<<grid, kMaxBlockThreads, 0, stream>>>(a);
+}
+
+template <typename T, bool IS_RMS, bool HAS_RES>
+void launch_norm_fwd_flags(const NormFwdArgs<T>& a, bool vectorize, cudaStream_t stream) {
+  vectorize ? launch_norm_fwd_vec<T, IS_RMS, HAS_RES, 16 / sizeof(T)>(a, stream)
+            : launch_norm_fwd_vec<T, IS_RMS, HAS_RES, 1>(a, stream);
 }
 
 // Runs the forward for rows of any width on `stream`. The caller guarantees: 0 < N <= INT_MAX,
@@ -372,30 +378,19 @@ void launch_norm_fwd_vec(const NormFwdArgs<T>& a, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch_norm_fwd(const NormFwdArgs<T>& a, bool is_rms, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;
-  constexpr int kVec = 16 / sizeof(T);
-  // 16-byte packs need every row start aligned: base pointers aligned and N % kVec == 0
-  // (so the row stride is a multiple of 16 bytes). nullptr counts as aligned.
-  const bool vectorize = a.N % kVec == 0 && aligned16(a.x) && aligned16(a.residual) &&
-                         aligned16(a.weight) && aligned16(a.bias) && aligned16(a.out) &&
-                         aligned16(a.residual_out);
-  const bool has_res = a.residual != nullptr;
+  // 16-byte packs need every row start aligned: base pointers aligned and N a multiple of the
+  // pack size (so the row stride is a multiple of 16 bytes). nullptr counts as aligned.
+  const bool vectorize = a.N % (16 / sizeof(T)) == 0 && aligned16(a.x) &&
+                         aligned16(a.residual) && aligned16(a.weight) && aligned16(a.bias) &&
+                         aligned16(a.out) && aligned16(a.residual_out);
   // Runtime flags -> template arguments: 2 (rms) x 2 (residual) x 2 (vector width) variants.
+  const bool has_res = a.residual != nullptr;
   if (is_rms) {
-    if (has_res) {
-      vectorize ? launch_norm_fwd_vec<T, true, true, kVec>(a, stream)
-                : launch_norm_fwd_vec<T, true, true, 1>(a, stream);
-    } else {
-      vectorize ? launch_norm_fwd_vec<T, true, false, kVec>(a, stream)
-                : launch_norm_fwd_vec<T, true, false, 1>(a, stream);
-    }
+    has_res ? launch_norm_fwd_flags<T, true, true>(a, vectorize, stream)
+            : launch_norm_fwd_flags<T, true, false>(a, vectorize, stream);
   } else {
-    if (has_res) {
-      vectorize ? launch_norm_fwd_vec<T, false, true, kVec>(a, stream)
-                : launch_norm_fwd_vec<T, false, true, 1>(a, stream);
-    } else {
-      vectorize ? launch_norm_fwd_vec<T, false, false, kVec>(a, stream)
-                : launch_norm_fwd_vec<T, false, false, 1>(a, stream);
-    }
+    has_res ? launch_norm_fwd_flags<T, false, true>(a, vectorize, stream)
+            : launch_norm_fwd_flags<T, false, false>(a, vectorize, stream);
   }
   return cudaPeekAtLastError();
 }
