@@ -49,7 +49,9 @@ def _cpu_flags():
 def extensions():
     cpp_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
                        + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"] + _cpu_flags()
+    # No -std: torch's cpp_extension picks the standard its headers need (C++17 for 2.11,
+    # C++20 for 2.13).
+    cxx_flags = ["-O3", "-fopenmp"] + _cpu_flags()
     exts = [
         cpp_extension.CppExtension(
             "leedl_fast._C",
@@ -64,8 +66,7 @@ def extensions():
             cpp_extension.CUDAExtension(
                 "leedl_fast._C_cuda",
                 cuda_sources,
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                                    "nvcc": ["-O3", "-std=c++17"]},
+                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
                 # A failed CUDA build must not block the install: the Triton kernels still
                 # serve CUDA tensors, and `leedl-fast info` reports the extension as missing.
                 optional=True,

@@ -3,8 +3,8 @@
 Each op's schema lives in csrc/ops.cpp and its CPU kernel is registered in C++. This module adds:
 
 * `register_gpu(op, triton=..., cuda=...)`: one torch.library kernel for the "cuda" device that
-  runs the Triton or the CUDA C++ implementation, by the forced backend (default: `cuda` where the
-  family has one, else `triton`).
+  runs the Triton or the CUDA C++ implementation, by the forced backend (default: the family's
+  choice, Triton until a CUDA C++ kernel is measured faster).
 * `register_autograd(op, setup_context, backward)`: torch.library.register_autograd, plus the
   same pair wrapped in an autograd.Function for the direct path below.
 * `call(op, *args)`: how glue code runs an op. Normally through the dispatcher
@@ -24,14 +24,15 @@ def _pick_gpu_impl(op, name):
     impls = _GPU_IMPLS[op]
     forced = _backend.forced_backend()
     if forced in (None, "reference"):
-        forced = "cuda" if impls.get("cuda") is not None and _backend.has_cuda_extension() \
-            else "triton"
+        forced = impls["default"]
     if forced == "cpu":
         raise RuntimeError(f"leedl_fast.{name}: backend 'cpu' cannot run CUDA tensors")
     impl = impls.get(forced)
+    if impl is None and forced == "cuda":
+        impl, forced = impls["triton"], "triton"  # e.g. a backward with no CUDA C++ kernel
     if impl is None:
         raise NotImplementedError(f"leedl_fast.{name}: no '{forced}' kernel for this op; "
-                                  f"available: {[k for k, v in impls.items() if v]}")
+                                  f"available: {[k for k in ('triton', 'cuda') if impls[k]]}")
     if forced == "cuda" and not _backend.has_cuda_extension():
         raise RuntimeError(f"leedl_fast.{name}: the CUDA extension leedl_fast._C_cuda is not "
                            "built (it needs torch with CUDA and nvcc at install time)")
@@ -40,9 +41,10 @@ def _pick_gpu_impl(op, name):
     return impl
 
 
-def register_gpu(op, triton, cuda=None):
-    """Register the "cuda"-device kernel of leedl_fast::<op>."""
-    _GPU_IMPLS[op] = {"triton": triton, "cuda": cuda}
+def register_gpu(op, triton, cuda=None, default="triton"):
+    """Register the "cuda"-device kernel of leedl_fast::<op>: `default` runs unless a backend
+    is forced. A family makes "cuda" its default only once the GPU benchmark shows it faster."""
+    _GPU_IMPLS[op] = {"triton": triton, "cuda": cuda, "default": default}
 
     def gpu_kernel(*args):
         return _pick_gpu_impl(op, op)(*args)
