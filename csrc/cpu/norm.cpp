@@ -6,7 +6,8 @@
 // at::parallel_for; each row is processed with at::vec::Vectorized<float>, so fp16/bf16 inputs
 // are widened to fp32 once per row (accumulation is always fp32). A row is read from memory
 // once: the passes over it (sum, centred sum of squares, normalize) hit L1/L2 for the widths
-// the book's models use (a 16384-wide fp32 row is 64 KiB).
+// the book's models use (a 16384-wide fp32 row is 64 KiB). Large outputs get huge pages and
+// streaming stores (memory.h: at LLM sizes page faults and read-for-ownership dominate).
 //
 // Backward: dx per row needs two row-wide dot products,
 //   xhat = (x - mean) * rstd,  g = dy * weight,
@@ -112,7 +113,9 @@ void check_inputs(const char* op, const at::Tensor& x, const std::optional<at::T
 }
 
 // Rows per parallel task: enough work (~32K elements) to amortize the scheduling.
-inline int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)); }
+inline int64_t row_grain(int64_t n) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+}
 
 template <typename T, bool IS_RMS, bool HAS_RES>
 void norm_fwd_kernel(const T* x, const T* res, const acc_t<T>* w, const acc_t<T>* b, T* out,
@@ -207,7 +210,7 @@ std::vector<at::Tensor> norm_fwd(const char* op, const at::Tensor& x,
   auto rstd = at::empty({M}, x.options().dtype(acc));
   const at::Tensor w = param_acc(weight, acc), b = param_acc(bias, acc);
   if (M > 0 && N > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "leedl_fast_norm", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "norm_fwd", [&] {
       using A = acc_t<scalar_t>;
       norm_fwd_kernel<scalar_t, IS_RMS, HAS_RES>(
           x.const_data_ptr<scalar_t>(), HAS_RES ? residual->const_data_ptr<scalar_t>() : nullptr,
@@ -215,7 +218,7 @@ std::vector<at::Tensor> norm_fwd(const char* op, const at::Tensor& x,
           b.defined() ? b.const_data_ptr<A>() : nullptr, out.mutable_data_ptr<scalar_t>(),
           HAS_RES ? res_out.mutable_data_ptr<scalar_t>() : nullptr,
           IS_RMS ? nullptr : mean.mutable_data_ptr<A>(), rstd.mutable_data_ptr<A>(), M, N, eps,
-          use_streaming_stores(out));
+          use_streaming_stores(static_cast<int64_t>(out.nbytes()) * (HAS_RES ? 4 : 2)));
     });
   } else if (M > 0) {
     rstd.fill_(1.0 / std::sqrt(eps));  // zero-width rows: variance 0
@@ -336,7 +339,7 @@ std::vector<at::Tensor> norm_bwd(const char* op, const at::Tensor& dy, const at:
   auto aopts = x.options().dtype(acc);
   auto dw_part = has_w ? at::zeros({num_chunks, N}, aopts) : at::Tensor();
   auto db_part = has_bias ? at::zeros({num_chunks, N}, aopts) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "leedl_fast_norm", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "norm_bwd", [&] {
     using A = acc_t<scalar_t>;
     norm_bwd_kernel<scalar_t, IS_RMS>(
         dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
