@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,12 +31,14 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench") -> argpars
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
                    help="write bench/results/ files (default: on for full runs, off for --quick)")
     p.add_argument("--min-run-time", type=float,
-                   help="CPU seconds per timing block (default 0.2, quick 0.05)")
+                   help="CPU seconds per timing block (default 0.1, quick 0.05)")
     p.add_argument("--rounds", type=int,
-                   help="interleaved timing rounds (default 3 on CPU, 1 on GPU)")
+                   help="interleaved timing rounds, best kept (default 5 on CPU, 1 on GPU)")
     p.add_argument("--compile-budget", type=float,
                    help="seconds of torch.compile warm-up before later compiles are skipped "
                         "(default 240 on GPU, unlimited on CPU)")
+    p.add_argument("--only", metavar="REGEX",
+                   help="keep cases whose label matches, e.g. '^layer_norm fwd\\+bwd 4096x768'")
     p.add_argument("--out", type=Path, help="results folder (default: bench/results)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.families) - set(families))
@@ -45,9 +48,9 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench") -> argpars
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device == "cuda"
     if args.min_run_time is None:
-        args.min_run_time = 0.05 if args.quick else 0.2
+        args.min_run_time = 0.05 if args.quick else 0.1
     if args.rounds is None:
-        args.rounds = 1 if gpu else 3
+        args.rounds = 1 if gpu else 5
     if args.compile_budget is None:
         args.compile_budget = 240.0 if gpu else math.inf
     if args.save is None:
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
     harness.set_threads()
     start = time.perf_counter()
     cases = harness.collect_cases(args.families, args.device, args.quick)
+    if args.only:
+        cases = [c for c in cases if re.search(args.only, c.label)]
     load = harness.load_average()
     ceiling, records = harness.run(cases, device=args.device, compile=not args.no_compile,
                                    min_run_time=args.min_run_time, rounds=args.rounds,

@@ -13,6 +13,14 @@ move. Everything about *how* to measure lives here, once:
   with torch eager's so that a fast-but-wrong kernel shows up as MISMATCH rather than as a win.
 * Bandwidth is reported against a ceiling measured in the same run (a large `dst.copy_(src)`), so
   "% of ceiling" means the same thing on a 2-core build box and on an H100.
+* On CPU, each case records how much CPU other processes took while it was timed; rows measured
+  on a busy machine say so ("noisy: ..."), since on 2 cores that moves a ratio more than a kernel.
+  Quiet runs still differ: the same eager add_layer_norm fwd at 512x16384 measured 3.7 ms in one
+  sweep and 13-21 ms in others. The likely cause (suspected, not proven) is the allocator: an
+  output of tens of MiB costs page faults when glibc maps fresh memory for it and little when it
+  reuses a freed heap chunk, and which happens depends on what ran earlier in the process
+  (`x.clone()` of 64 MiB runs at 1/5 of `copy_` into an existing tensor). At those shapes,
+  compare ratios over several runs.
 
 Reporting (tables, JSON, markdown, plots) is in `bench/report.py`.
 """
@@ -39,6 +47,7 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 # for a different reduction order in low precision, tight enough to catch a wrong kernel.
 MISMATCH_TOL = {torch.float32: 1e-3, torch.float64: 1e-6, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 NOT_FAMILIES = {"__init__", "__main__", "harness", "report"}
+NOISY_PERCENT = 10.0  # other processes' share of CPU during a case above which its rows say so
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -155,6 +164,27 @@ def load_average() -> float:
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def cpu_counters() -> tuple[int, int, int] | None:
+    """(busy jiffies of the machine, jiffies of this process, all jiffies) from /proc, or None.
+
+    Two snapshots tell how much CPU *other* processes took while a case was timed: on a small
+    shared machine that, not the kernel, is the usual reason a ratio moves between runs."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(ticks) - ticks[3] - ticks[4], int(own[11]) + int(own[12]), sum(ticks)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def others_cpu_percent(before, after) -> float | None:
+    """Share of the machine's CPU time used by other processes between two `cpu_counters()`."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    busy, own, total = (a - b for a, b in zip(after, before))
+    return max(0.0, 100.0 * (busy - own) / total)
 
 
 def time_once(fn: Callable, device: str, min_run_time: float) -> float:
@@ -290,7 +320,10 @@ def run_case(case: Case, *, compile: bool, min_run_time: float, rounds: int, cei
             notes[name] = note
         del out
     del ref
+    counters = cpu_counters()
     times = time_interleaved(fns, case.device, min_run_time, rounds, notes)
+    others = None if case.device.startswith("cuda") else others_cpu_percent(counters,
+                                                                             cpu_counters())
     eager_time = times.get(EAGER)
     records = []
     for name in [*fns, *(n for n in notes if n not in fns)]:
@@ -301,8 +334,10 @@ def run_case(case: Case, *, compile: bool, min_run_time: float, rounds: int, cei
             "dtype": dtype_name(case.dtype), "backend": name, "time_s": seconds,
             "speedup": eager_time / seconds if seconds and eager_time else None,
             "gbps": gbps, "pct_ceiling": 100 * gbps / ceiling if gbps else None,
-            "nbytes": case.nbytes, "note": notes.get(name, ""),
+            "nbytes": case.nbytes, "note": notes.get(name, ""), "others_cpu_pct": others,
         }
+        if others is not None and others > NOISY_PERCENT and not record["note"]:
+            record["note"] = f"noisy: other processes took {others:.0f}% CPU"
         if case.target and case.target[0] == name:
             record["target"] = case.target[1]
         records.append(record)
@@ -325,8 +360,8 @@ def collect_cases(families: list[str], device: str, quick: bool) -> list[Case]:
     return cases
 
 
-def run(cases: list[Case], *, device: str, compile: bool = True, min_run_time: float = 0.2,
-        rounds: int = 3, compile_budget: float = math.inf) -> tuple[float, list[dict]]:
+def run(cases: list[Case], *, device: str, compile: bool = True, min_run_time: float = 0.1,
+        rounds: int = 5, compile_budget: float = math.inf) -> tuple[float, list[dict]]:
     """Measure the ceiling, then every case; returns (ceiling GB/s, records)."""
     load = load_average()
     if not device.startswith("cuda") and load > 0.5:
