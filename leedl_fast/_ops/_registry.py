@@ -72,9 +72,21 @@ def _pick_direct_impl(op):
     return _pick_gpu_impl(op, op)
 
 
+_OP_HANDLES = {}  # op name -> torch.ops.leedl_fast.<op>.default (attribute lookups cost µs)
+
+
+def _op_handle(op):
+    handle = _OP_HANDLES.get(op)
+    if handle is None:
+        handle = _OP_HANDLES[op] = getattr(torch.ops.leedl_fast, op).default
+    return handle
+
+
 def call(op, *args):
     """Run leedl_fast::<op> on args (the first argument is a tensor that fixes the device)."""
     forced = _backend.forced_backend()
+    if forced is None or forced == "reference":
+        return _op_handle(op)(*args)  # the common case: the dispatcher picks by device
     device = args[0].device.type
     if forced in ("triton", "cuda") and device == "cpu":
         fn = _AUTOGRAD_FNS.get(op)
@@ -85,4 +97,4 @@ def call(op, *args):
         return _pick_direct_impl(op)(*args)
     if forced == "cpu" and device != "cpu":
         raise RuntimeError(f"leedl_fast.{op}: backend 'cpu' cannot run {device} tensors")
-    return getattr(torch.ops.leedl_fast, op)(*args)
+    return _op_handle(op)(*args)

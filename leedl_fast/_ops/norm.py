@@ -154,12 +154,13 @@ for _op, _is_rms, _has_res in (("layer_norm_fwd", False, False), ("rms_norm_fwd"
 # ---------------------------------------------------------------------- public entry points
 
 def _normalized_shape(name, normalized_shape):
-    if isinstance(normalized_shape, numbers.Integral):
-        return (int(normalized_shape),)
-    if isinstance(normalized_shape, torch.Size) or (
-            isinstance(normalized_shape, (list, tuple))
-            and all(isinstance(d, (numbers.Integral, torch.SymInt)) for d in normalized_shape)):
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    if isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
+            isinstance(d, (int, torch.SymInt)) for d in normalized_shape):
         return tuple(normalized_shape)
+    if isinstance(normalized_shape, numbers.Integral):  # numpy ints and the like
+        return (int(normalized_shape),)
     raise TypeError(f"{name}: normalized_shape must be an int or a sequence of ints, "
                     f"got {normalized_shape!r}")
 
@@ -175,14 +176,17 @@ def _check_param(name, pname, p, shape, x):
         return None
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{name}: {pname} must be a Tensor or None, got {type(p).__name__}")
-    if tuple(p.shape) != shape:
+    if p.shape != shape:
         raise ValueError(f"{name}: {pname} must have shape {list(shape)} (normalized_shape), "
                          f"got {list(p.shape)}")
     if p.device != x.device:
         raise ValueError(f"{name}: {pname} is on {p.device} but input is on {x.device}")
     if not p.is_floating_point():
         raise TypeError(f"{name}: {pname} must be floating point, got {p.dtype}")
-    return p.reshape(-1).to(x.dtype)  # differentiable: grads flow back in p's own dtype
+    if p.dim() != 1:
+        p = p.reshape(-1)
+    # Differentiable cast: a float32 weight with bfloat16 input gets its gradient in float32.
+    return p if p.dtype == x.dtype else p.to(x.dtype)
 
 
 def _as_rows(name, input, normalized_shape, residual=None):
