@@ -51,6 +51,17 @@ inline A row_reduce(int64_t n, F f) {
   return at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, acc0 + acc1);
 }
 
+// Calls f(i, count) for each vector of a row of n elements: the full vectors first, with count a
+// compile-time constant so the loads and stores inside need no per-vector count check, then
+// the partial tail once.
+template <typename A, typename F>
+inline void for_each_vec(int64_t n, F f) {
+  constexpr int64_t kV = at::vec::Vectorized<A>::size();
+  int64_t i = 0;
+  for (; i + kV <= n; i += kV) f(i, std::integral_constant<int64_t, kV>{});
+  if (i < n) f(i, n - i);
+}
+
 template <typename A>
 inline at::vec::Vectorized<A> load(const A* p, int64_t count) {
   using V = at::vec::Vectorized<A>;
@@ -74,16 +85,22 @@ inline const A* as_acc(const T* src, int64_t n, A* scratch) {
 }
 
 // dst (memory, streamed when 32-byte aligned) = buf (cache) = x + y.
-template <typename A>
-inline void nt_store_sum(A* dst, A* buf, const A* x, const A* y, int64_t n) {
+// s = x + y for one row of A, written to `dst` (with streaming stores when `stream` and dst is
+// 32-byte aligned) and, when `buf` is given, to that cache-resident copy too (a streamed row is
+// not in cache for the passes that follow). Returns the row's sum of s, or of s^2 (SQUARES),
+// so the first statistics pass rides along with the add.
+template <bool SQUARES, typename A>
+inline A add_rows(A* dst, A* buf, const A* x, const A* y, int64_t n, bool stream) {
   using V = at::vec::Vectorized<A>;
-  const bool aligned = reinterpret_cast<uintptr_t>(dst) % 32 == 0;
-  for (int64_t i = 0; i < n; i += V::size()) {
-    const int64_t c = std::min<int64_t>(V::size(), n - i);
-    V s = load(x + i, c) + load(y + i, c);
-    store(s, buf + i, c);
-    if (aligned && c == V::size()) nt_store(dst + i, s); else store(s, dst + i, c);
-  }
+  const bool nt = stream && reinterpret_cast<uintptr_t>(dst) % 32 == 0;
+  V acc(A(0));
+  for_each_vec<A>(n, [&](int64_t i, auto c) {
+    const V sv = load(x + i, c) + load(y + i, c);  // lanes past the row are 0 + 0
+    acc = acc + (SQUARES ? sv * sv : sv);
+    if (buf) store(sv, buf + i, c);
+    if (nt && c == V::size()) nt_store(dst + i, sv); else store(sv, dst + i, c);
+  });
+  return at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, acc);
 }
 
 inline at::ScalarType acc_dtype(at::ScalarType t) {
@@ -135,33 +152,39 @@ void norm_fwd_kernel(const T* x, const T* res, const acc_t<T>* w, const acc_t<T>
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * N;
       const A* row;
+      A first_pass = 0;  // sum (or sum of squares) of the row when the residual add made it
+      bool have_first_pass = false;
       if constexpr (HAS_RES) {
         // s = x + residual, rounded to T and stored; the rounded sum is what gets normalized
         // (as in eager `s = x + r; layer_norm(s)`, and what the backward sees).
         const T* rr = res + r * N;
-        T* so = stream ? t_buf.data() : res_out + r * N;
         if constexpr (kWiden) {
+          T* so = stream ? t_buf.data() : res_out + r * N;
           for (int64_t i = 0; i < N; ++i) {
             so[i] = static_cast<T>(A(xr[i]) + A(rr[i]));
             row_buf[i] = A(so[i]);
           }
           row = row_buf;
-        } else if (stream) {
-          nt_store_sum(res_out + r * N, row_buf, xr, rr, N);
-          row = row_buf;
+          if (stream) stream_row(res_out + r * N, so, N);
         } else {
-          at::vec::map2([](V p, V q) { return p + q; }, so, xr, rr, N);
-          row = so;
+          first_pass = add_rows<IS_RMS>(res_out + r * N, stream ? row_buf : nullptr, xr, rr, N,
+                                        stream);
+          have_first_pass = true;
+          row = stream ? row_buf : res_out + r * N;
         }
-        if (kWiden && stream) stream_row(res_out + r * N, so, N);
       } else {
         row = as_acc(xr, N, row_buf);
       }
       A mean = 0, sq;
       if constexpr (IS_RMS) {
-        sq = row_reduce<A>(N, [&](int64_t i, int64_t c) { V v = load(row + i, c); return v * v; });
+        sq = have_first_pass ? first_pass : row_reduce<A>(N, [&](int64_t i, int64_t c) {
+          V v = load(row + i, c);
+          return v * v;
+        });
       } else {
-        mean = row_reduce<A>(N, [&](int64_t i, int64_t c) { return load(row + i, c); }) / N;
+        mean = (have_first_pass ? first_pass : row_reduce<A>(N, [&](int64_t i, int64_t c) {
+          return load(row + i, c);
+        })) / N;
         const V vm(mean);
         // Centred second pass (not E[x^2] - E[x]^2): stable when |mean| >> std.
         sq = row_reduce<A>(N, [&](int64_t i, int64_t c) {
@@ -175,13 +198,12 @@ void norm_fwd_kernel(const T* x, const T* res, const acc_t<T>* w, const acc_t<T>
       A* o = kWiden ? out_buf : reinterpret_cast<A*>(out + r * N);
       const V vm(mean), vr(rstd);
       const bool nt = !kWiden && stream && (reinterpret_cast<uintptr_t>(o) % 32 == 0);
-      for (int64_t i = 0; i < N; i += kV) {
-        const int64_t c = std::min(kV, N - i);
+      for_each_vec<A>(N, [&](int64_t i, auto c) {
         V y = (load(row + i, c) - vm) * vr;
         if (w) y = y * load(w + i, c);
         if (b) y = y + load(b + i, c);
         if (nt && c == kV) nt_store(o + i, y); else store(y, o + i, c);
-      }
+      });
       if constexpr (kWiden) {
         at::vec::convert(out_buf, stream ? t_buf.data() : out + r * N, N);
         if (stream) stream_row(out + r * N, t_buf.data(), N);
@@ -234,7 +256,8 @@ std::vector<at::Tensor> norm_fwd(const char* op, const at::Tensor& x,
 template <typename T, bool IS_RMS>
 void norm_bwd_kernel(const T* dy, const T* x, const acc_t<T>* w, const acc_t<T>* mean,
                      const acc_t<T>* rstd, const T* dres, T* dx, acc_t<T>* dw_part,
-                     acc_t<T>* db_part, int64_t M, int64_t N, int64_t num_chunks) {
+                     acc_t<T>* db_part, int64_t M, int64_t N, int64_t num_chunks,
+                     bool stream) {
   using A = acc_t<T>;
   using V = at::vec::Vectorized<A>;
   constexpr int64_t kV = V::size();
@@ -268,37 +291,39 @@ void norm_bwd_kernel(const T* dy, const T* x, const acc_t<T>* w, const acc_t<T>*
         const A* dyr = as_acc(dy + r * N, N, dy_buf);
         const A* xr = as_acc(x + r * N, N, x_buf);
         const V vm(IS_RMS ? A(0) : mean[r]), vr(rstd[r]);
-        // c1 = mean(g * xhat) and c2 = mean(g), with g = dy * w, in one pass over the row.
-        A c1 = row_reduce<A>(N, [&](int64_t i, int64_t c) {
+        // c1 = mean(g * xhat) and c2 = mean(g), with g = dy * w, in one pass over the row
+        // (lanes past the row load dy = 0, so they add nothing).
+        V acc_gx(A(0)), acc_g(A(0));
+        for_each_vec<A>(N, [&](int64_t i, auto c) {
           V g = load(dyr + i, c);
           if (w) g = g * load(w + i, c);
-          return g * ((load(xr + i, c) - vm) * vr);
-        }) / N;
-        A c2 = 0;
-        if constexpr (!IS_RMS) {
-          c2 = row_reduce<A>(N, [&](int64_t i, int64_t c) {
-            V g = load(dyr + i, c);
-            return w ? g * load(w + i, c) : g;
-          }) / N;
-        }
+          acc_gx = acc_gx + g * ((load(xr + i, c) - vm) * vr);
+          if constexpr (!IS_RMS) acc_g = acc_g + g;
+        });
+        auto vsum = [](const V& v) {
+          return at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, v);
+        };
+        const A c1 = vsum(acc_gx) / N;
+        const A c2 = IS_RMS ? A(0) : vsum(acc_g) / N;
         const V vc1(c1), vc2(c2);
         A* o = kWiden ? dx_buf : reinterpret_cast<A*>(dx + r * N);
+        const bool nt = !kWiden && stream && reinterpret_cast<uintptr_t>(o) % 32 == 0;
         const A* dresr = dres ? as_acc(dres + r * N, N, dres_buf) : nullptr;
-        for (int64_t i = 0; i < N; i += kV) {
-          const int64_t c = std::min(kV, N - i);
+        for_each_vec<A>(N, [&](int64_t i, auto c) {
           const V d = load(dyr + i, c);
           const V xhat = (load(xr + i, c) - vm) * vr;
           const V g = w ? d * load(w + i, c) : d;
           V dxv = (g - xhat * vc1 - vc2) * vr;
           if (dresr) dxv = dxv + load(dresr + i, c);
-          store(dxv, o + i, c);
+          if (nt && c == kV) nt_store(o + i, dxv); else store(dxv, o + i, c);
           if (dw) store(load(dw + i, c) + d * xhat, dw + i, c);
           if (db) store(load(db + i, c) + d, db + i, c);
-        }
+        });
         if constexpr (kWiden) at::vec::convert(dx_buf, dx + r * N, N);
       }
       if (r_end > r_begin) flush(chunk);
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -346,7 +371,8 @@ std::vector<at::Tensor> norm_bwd(const char* op, const at::Tensor& dy, const at:
         has_w ? w.const_data_ptr<A>() : nullptr, IS_RMS ? nullptr : mean.const_data_ptr<A>(),
         rstd.const_data_ptr<A>(), has_dres ? dres->const_data_ptr<scalar_t>() : nullptr,
         dx.mutable_data_ptr<scalar_t>(), has_w ? dw_part.mutable_data_ptr<A>() : nullptr,
-        has_bias ? db_part.mutable_data_ptr<A>() : nullptr, M, N, num_chunks);
+        has_bias ? db_part.mutable_data_ptr<A>() : nullptr, M, N, num_chunks,
+        use_streaming_stores(static_cast<int64_t>(dx.nbytes()) * (has_dres ? 4 : 3)));
   });
   // Second stage: add the per-chunk partials up (a column sum over num_chunks rows).
   if (has_w) dweight.copy_(dw_part.sum(0));
