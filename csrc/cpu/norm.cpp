@@ -41,14 +41,19 @@ template <typename A, typename F>
 inline A row_reduce(int64_t n, F f) {
   using V = at::vec::Vectorized<A>;
   constexpr int64_t kV = V::size();
-  V acc0(A(0)), acc1(A(0));
+  // Four independent accumulators: a vector add has ~4 cycles of latency, so one chain would
+  // run at a quarter of the throughput (measured: the centred-variance pass cost ~40% of
+  // layer_norm's time at 4096x768 with two chains).
+  V acc0(A(0)), acc1(A(0)), acc2(A(0)), acc3(A(0));
   int64_t i = 0;
-  for (; i + 2 * kV <= n; i += 2 * kV) {  // two accumulators hide the add latency
+  for (; i + 4 * kV <= n; i += 4 * kV) {
     acc0 = acc0 + f(i, kV);
     acc1 = acc1 + f(i + kV, kV);
+    acc2 = acc2 + f(i + 2 * kV, kV);
+    acc3 = acc3 + f(i + 3 * kV, kV);
   }
   for (; i < n; i += kV) acc0 = acc0 + f(i, std::min(kV, n - i));
-  return at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, acc0 + acc1);
+  return at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, (acc0 + acc1) + (acc2 + acc3));
 }
 
 // Calls f(i, count) for each vector of a row of n elements: the full vectors first, with count a
