@@ -181,6 +181,18 @@ __device__ __forceinline__ void normalize_store(const NormFwdArgs<T>& a, int64_t
   store_pack<T, VEC>(a.out + idx, y);
 }
 
+// rstd from the row's variance; thread 0 saves mean/rstd for the backward.
+template <typename T, bool IS_RMS>
+__device__ __forceinline__ float finish_stats(const NormFwdArgs<T>& a, int64_t row, int tid,
+                                              float mean, float var) {
+  const float rstd = rsqrtf(var + a.eps);
+  if (tid == 0) {
+    if constexpr (!IS_RMS) a.mean[row] = mean;
+    a.rstd[row] = rstd;
+  }
+  return rstd;
+}
+
 // --------------------------------------------------------------- one row, cached in registers
 // `nthreads` threads (a warp, or a block) share one row; thread `tid` owns packs
 // tid, tid + nthreads, tid + 2*nthreads, ... so each load instruction of the group reads one
@@ -227,11 +239,7 @@ __device__ __forceinline__ void norm_row_cached(const NormFwdArgs<T>& a, int64_t
     }
     var = __fdividef(reduce(sq), N);
   }
-  const float rstd = rsqrtf(var + a.eps);
-  if (tid == 0) {
-    if constexpr (!IS_RMS) a.mean[row] = mean;
-    a.rstd[row] = rstd;
-  }
+  const float rstd = finish_stats<T, IS_RMS>(a, row, tid, mean, var);
 
 #pragma unroll
   for (int k = 0; k < PACKS; ++k) {  // pass 3 (registers -> HBM): normalize and store
@@ -278,11 +286,7 @@ __device__ __forceinline__ void norm_row_streamed(const NormFwdArgs<T>& a, int64
     }
     var = __fdividef(reduce(sq), N);
   }
-  const float rstd = rsqrtf(var + a.eps);
-  if (tid == 0) {
-    if constexpr (!IS_RMS) a.mean[row] = mean;
-    a.rstd[row] = rstd;
-  }
+  const float rstd = finish_stats<T, IS_RMS>(a, row, tid, mean, var);
 
   for (int64_t col = static_cast<int64_t>(tid) * VEC; col < N; col += step) {  // pass 3
     load_pack<T, VEC>(src + base + col, v);
