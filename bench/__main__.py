@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None, prog: str = "python -m bench") -> argpars
     p.add_argument("--only", metavar="REGEX",
                    help="keep cases whose label matches, e.g. '^layer_norm fwd\\+bwd 4096x768'")
     p.add_argument("--out", type=Path, help="results folder (default: bench/results)")
+    p.add_argument("--warm-allocator", action="store_true",
+                   help="CPU: make glibc recycle freed memory (no page faults on fresh outputs "
+                        "for any candidate): kernel-against-kernel numbers, independent of the "
+                        "allocator's history. Default: the allocator as users get it")
     args = p.parse_args(argv)
     unknown = sorted(set(args.families) - set(families))
     if unknown:
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
     if args.out:
         report.RESULTS_DIR = args.out
     harness.set_threads()
+    if args.warm_allocator:
+        harness.warm_allocator()
     start = time.perf_counter()
     cases = harness.collect_cases(args.families, args.device, args.quick)
     if args.only:

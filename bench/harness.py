@@ -149,6 +149,26 @@ def candidates(eager: Callable, leedl: Callable | None, inputs: tuple, mode: str
 # Timing
 # ----------------------------------------------------------------------------------------------
 
+def warm_allocator() -> None:
+    """Make glibc serve every allocation below 1 GiB from its heap and never give it back, so
+    outputs of the same size recycle already-mapped memory. Why: by default a large output
+    (>= ~32 MiB, or smaller ones depending on what the process freed before) comes from a fresh
+    mmap and page-faults on first touch; that cost can dominate a memory-bound op, and whether
+    it is paid depends on the allocator's history -- ratios at one shape then swing by 2x from
+    run to run. Linux/glibc only; elsewhere a warning and no change."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        ok = False
+    print("warm allocator: glibc mmap/trim thresholds set to 1 GiB" if ok
+          else "warning: --warm-allocator needs glibc; allocator left as is", file=sys.stderr)
+
+
 def set_threads() -> int:
     """Use every core we may run on (torch may default to fewer; Timer defaults to one)."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
