@@ -5,8 +5,6 @@
     leedl_fast.accelerate(model)           # swap a model's modules in place, weights kept
     with leedl_fast.backend("reference"):  # force an implementation (cpu/triton/cuda/reference)
 """
-import torch
-
 from . import _C  # noqa: F401  (registers the op schemas and the C++ CPU kernels)
 from ._backend import BACKENDS, available_backends, backend, forced_backend
 from ._ops import norm as _norm_ops  # noqa: F401  (fake, GPU and autograd registrations)
@@ -15,4 +13,4 @@ from .accelerate import accelerate  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["BACKENDS", "available_backends", "backend", "forced_backend", "functional", "nn",
-           "accelerate", "torch"]
+           "accelerate"]
