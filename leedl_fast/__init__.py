@@ -5,6 +5,8 @@
     leedl_fast.accelerate(model)           # swap a model's modules in place, weights kept
     with leedl_fast.backend("reference"):  # force an implementation (cpu/triton/cuda/reference)
 """
+import torch  # noqa: F401  (first: loads libc10/libtorch, which _C links against)
+
 from . import _C  # noqa: F401  (registers the op schemas and the C++ CPU kernels)
 from ._backend import BACKENDS, available_backends, backend, forced_backend
 from ._ops import norm as _norm_ops  # noqa: F401  (fake, GPU and autograd registrations)
