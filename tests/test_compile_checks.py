@@ -81,7 +81,21 @@ def _norm_rows():
     return rows
 
 
-CONFIGS = {"norm": _norm_rows()}
+# Attention: a row's `width` is the head dim; flags pick the masking variant the launcher runs.
+ATTN_HEAD_DIMS = (64, 80, 128, 256)
+ATTN_FLAGS = {"full": (None, None), "causal": (None, 0), "window": (256, 0)}
+
+
+def _attention_rows():
+    rows = [("attn_fwd_kernel", dt, d, "causal", 90) for dt in ("fp16", "bf16")
+            for d in ATTN_HEAD_DIMS]
+    rows += [("attn_fwd_kernel", "bf16", 128, f, 90) for f in ("full", "window")]
+    rows += [("attn_fwd_kernel", "fp32", 64, "full", 90)]
+    rows += [("attn_fwd_kernel", "bf16", d, "causal", 80) for d in (64, 128)]
+    return rows
+
+
+CONFIGS = {"norm": _norm_rows(), "attention": _attention_rows()}
 
 # Spills accepted on purpose, with the reason: {(kernel, case id): reason} for Triton cases and
 # {(file name, arch): reason} for nvcc. Anything else that spills fails: fix it or justify it here.
@@ -130,7 +144,24 @@ def _resolve_norm(mod, kernel, dtype, width, flags):
     return sig, consts, warps, ptrs + n_aligned
 
 
-RESOLVERS = {"norm": _resolve_norm}
+def _resolve_attention(mod, kernel, dtype, head_dim, flags):
+    t = f"*{dtype}"
+    block_m, block_n, block_d, warps, stages = mod.fwd_config(head_dim, is_cuda=True)
+    left, right = ATTN_FLAGS[flags]
+    has_left, _, has_right, _ = mod.window_bounds(False, (left, right))
+    sig = {"Q": t, "K": t, "V": t, "O": t, "LSE": "*fp32", "qk_scale": "fp32"}
+    ints = ("sq_b", "sq_h", "sq_m", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b",
+            "so_h", "so_m", "H", "GROUP", "LQ", "LK", "LEFT", "RIGHT")
+    sig.update({a: "i32" for a in ints})
+    consts = dict(HEAD_D=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+                  HAS_LEFT=has_left, HAS_RIGHT=has_right)
+    strides = ["sq_b", "sq_h", "sq_m", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b",
+               "so_h", "so_m"] if head_dim % 16 == 0 else []
+    return sig, consts, {"num_warps": warps, "num_stages": stages}, \
+        ["Q", "K", "V", "O", "LSE"] + strides
+
+
+RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention}
 
 
 # ---------------------------------------------------------------------------------- the worker
@@ -199,15 +230,16 @@ def worker(jobs_path, out_path):
             signature = {a: "constexpr" if a in consts else sig[a] for a in fn.arg_names}
             attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
             arch = job["arch"]
+            options = warps if isinstance(warps, dict) else {"num_warps": warps}
             compiled = triton.compile(ASTSource(fn, signature, consts, attrs),
-                                      target=GPUTarget("cuda", arch, 32),
-                                      options={"num_warps": warps})
+                                      target=GPUTarget("cuda", arch, 32), options=options)
             ptx = compiled.asm["ptx"]
             key = (ptx, arch)
             if key not in seen_ptx:
                 seen_ptx[key] = _ptxas_stats(get_ptxas(arch).path, ptx,
                                              sm_arch_from_capability(arch))
-            results[cid] = {"ok": True, "shared": compiled.metadata.shared, "num_warps": warps,
+            results[cid] = {"ok": True, "shared": compiled.metadata.shared,
+                            "num_warps": options["num_warps"],
                             "constexprs": {k: consts[k] for k in ("BLOCK_N", "SINGLE_BLOCK")
                                            if k in consts}, **seen_ptx[key]}
         except Exception as e:  # noqa: BLE001 -- reported per case by the parent

@@ -1,0 +1,151 @@
+"""Triton kernels for the attention family: flash-attention forward (docs/attention.md).
+
+Status: the forward with causal (bottom-right), sliding window with tile skipping, GQA, Lq != Lk,
+any head dim <= 256 and `scale`. Still to come (issue 3): attn_mask / key padding, the backward.
+
+The online softmax. For one query row, walking the keys in tiles and keeping a running maximum m,
+a running normalizer l and an unnormalized output acc:
+
+    s    = q . K_tile^T * scale                  (scores of this tile)
+    m'   = max(m, max(s))
+    p    = exp(s - m')                           (this tile's weights, relative to m')
+    l'   = l * exp(m - m') + sum(p)
+    acc' = acc * exp(m - m') + p @ V_tile
+    out  = acc / l   and   lse = m + log(l)      (saved for the backward)
+
+so the Lq x Lk score matrix never exists in memory: each program holds one BLOCK_M x BLOCK_N tile.
+exp is computed as exp2 with log2(e) folded into the scale (one multiply fewer per score).
+
+Which keys a query sees (see leedl_fast/reference/attention.py): with offset o = Lk - Lq, key j
+is visible to query i iff i + o - LEFT <= j <= i + o + RIGHT (a side unbounded when its HAS_ flag
+is off; causal is RIGHT = 0). Key tiles entirely outside [first query - LEFT, last query + RIGHT]
+of a query block are never loaded: that skip is where a sliding window gets its speed.
+A query that sees no key gets out = 0 and lse = +inf (so a backward recomputes p = 0).
+
+Pointer arguments (strided; the head dim is contiguous):
+    Q, O : (B, Hq, Lq, D)    K, V : (B, Hk, Lk, D)    LSE : (B, Hq, Lq) fp32
+GQA: query head h reads key/value head h // GROUP (GROUP = Hq / Hk).
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # host side: folded into qk_scale
+LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to natural log
+
+
+@triton.jit
+def attn_fwd_kernel(Q, K, V, O, LSE,
+                    sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_m,
+                    H, GROUP, LQ, LK, qk_scale, LEFT, RIGHT,
+                    HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    Q += b.to(tl.int64) * sq_b + h.to(tl.int64) * sq_h
+    O += b.to(tl.int64) * so_b + h.to(tl.int64) * so_h
+    K += b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h
+    V += b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h
+    LSE += bh.to(tl.int64) * LQ
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_D
+    q = tl.load(Q + offs_m[:, None] * sq_m + offs_d[None, :],
+                mask=(offs_m[:, None] < LQ) & d_ok[None, :], other=0.0)
+
+    # Key range any query of this block can see; tiles outside it are skipped entirely.
+    diag = offs_m + (LK - LQ)  # the key on each query's (bottom-right aligned) diagonal
+    lo = 0
+    hi = LK
+    if HAS_LEFT:
+        lo = tl.maximum(pid_m * BLOCK_M + (LK - LQ) - LEFT, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1 + (LK - LQ) + RIGHT + 1, LK)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_ok = offs_n < LK
+        k = tl.load(K + offs_n[:, None] * sk_n + offs_d[None, :],
+                    mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units
+        visible = kv_ok[None, :]
+        if HAS_LEFT:
+            visible = visible & (offs_n[None, :] >= diag[:, None] - LEFT)
+        if HAS_RIGHT:
+            visible = visible & (offs_n[None, :] <= diag[:, None] + RIGHT)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # Rows that have seen no key yet keep m = -inf; subtract 0 there so no inf - inf = NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + offs_n[:, None] * sv_n + offs_d[None, :],
+                    mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN2, float("inf"))
+    m_ok = offs_m < LQ
+    tl.store(O + offs_m[:, None] * so_m + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + offs_m, lse, mask=m_ok)
+
+
+# ----------------------------------------------------------------------------- launch helpers
+
+def fwd_config(head_dim, is_cuda=True):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) of the forward for a head dim."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if not is_cuda:
+        return 16, 16, block_d, 4, 1  # the interpreter: small tiles run fastest
+    if block_d <= 64:
+        return 128, 64, block_d, 4, 3
+    if block_d <= 128:
+        return 128, 64, block_d, 8, 3
+    return 64, 32, block_d, 8, 2
+
+
+def window_bounds(is_causal, window):
+    """(has_left, left, has_right, right) for the kernel; causal is right = 0."""
+    left, right = (None, None) if window is None else window
+    if is_causal:
+        right = 0 if right is None else min(right, 0)
+    return left is not None, left or 0, right is not None, right or 0
+
+
+def attention_fwd(q, k, v, scale=None, is_causal=False, window=None):
+    """q: (B, Hq, Lq, D), k/v: (B, Hk, Lk, D), Hq a multiple of Hk. Returns (out, lse)."""
+    b, hq, lq, d = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(b, hq, lq, device=q.device, dtype=torch.float32)
+    if q.numel() == 0 or lk == 0:
+        out.zero_()
+        lse.fill_(float("inf"))
+        return out, lse
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    block_m, block_n, block_d, warps, stages = fwd_config(d, q.is_cuda)
+    has_left, left, has_right, right = window_bounds(is_causal, window)
+    grid = (triton.cdiv(lq, block_m), b * hq)
+    attn_fwd_kernel[grid](
+        q, k, v, out, lse,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        hq, hq // hk, lq, lk, scale * LOG2E, left, right,
+        HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_LEFT=has_left, HAS_RIGHT=has_right, num_warps=warps, num_stages=stages)
+    return out, lse
