@@ -1,7 +1,7 @@
 """Triton kernels for the attention family: flash-attention forward (docs/attention.md).
 
-Status: the forward with causal (bottom-right), sliding window with tile skipping, GQA, Lq != Lk,
-any head dim <= 256 and `scale`. Still to come (issue 3): attn_mask / key padding, the backward.
+Status: forward and backward with causal (bottom-right), sliding window with tile skipping, GQA,
+Lq != Lk, any head dim <= 256 and `scale`. Still to come (issue 3): attn_mask / key padding.
 
 The online softmax. For one query row, walking the keys in tiles and keeping a running maximum m,
 a running normalizer l and an unnormalized output acc:
@@ -34,6 +34,7 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634  # host side: folded into qk_scale
 LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to natural log
+LOG2E_C = tl.constexpr(LOG2E)  # kernel side: natural-log LSE to log2 units
 
 
 @triton.jit
@@ -104,6 +105,136 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
     tl.store(LSE + offs_m, lse, mask=m_ok)
 
 
+@triton.jit
+def attn_bwd_preprocess_kernel(O, DO, DELTA, ROWS, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_D: tl.constexpr):
+    """delta_i = sum_d dO_id * O_id for every query row (O, DO contiguous (rows, HEAD_D))."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < ROWS) & (cols[None, :] < HEAD_D)
+    offs = rows[:, None].to(tl.int64) * HEAD_D + cols[None, :]
+    o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + rows, tl.sum(o * do, axis=1), mask=rows < ROWS)
+
+
+@triton.jit
+def _visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT: tl.constexpr,
+             HAS_RIGHT: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) mask of the keys each query sees (the same rule as the forward)."""
+    diag = offs_m + (LK - LQ)
+    ok = (offs_m[:, None] < LQ) & (offs_n[None, :] < LK)
+    if HAS_LEFT:
+        ok = ok & (offs_n[None, :] >= diag[:, None] - LEFT)
+    if HAS_RIGHT:
+        ok = ok & (offs_n[None, :] <= diag[:, None] + RIGHT)
+    return ok
+
+
+@triton.jit
+def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_scale, sm_scale,
+                         LEFT, RIGHT, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr,
+                         HAS_RIGHT: tl.constexpr):
+    """dK, dV of one key block for one query head (GQA: the launcher sums the group's heads).
+    All tensors contiguous: Q/DO (B, Hq, Lq, D), K/V (B, Hk, Lk, D), DK/DV (B, Hq, Lk, D),
+    LSE/DELTA (B, Hq, Lq). With P recomputed from the LSE:
+        dV = P^T dO,  dS = P * (dO V^T - delta),  dK = dS^T Q * scale."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    bhk = (bh // H) * (H // GROUP) + (bh % H) // GROUP
+    Q += bh.to(tl.int64) * LQ * HEAD_D
+    DO += bh.to(tl.int64) * LQ * HEAD_D
+    LSE += bh.to(tl.int64) * LQ
+    DELTA += bh.to(tl.int64) * LQ
+    K += bhk.to(tl.int64) * LK * HEAD_D
+    V += bhk.to(tl.int64) * LK * HEAD_D
+    DK += bh.to(tl.int64) * LK * HEAD_D
+    DV += bh.to(tl.int64) * LK * HEAD_D
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < LK) & (offs_d[None, :] < HEAD_D)
+    k = tl.load(K + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Queries that can see a key of this block: diag(i) - LEFT <= j <= diag(i) + RIGHT.
+    lo = 0
+    hi = LQ
+    if HAS_RIGHT:
+        lo = tl.maximum(pid_n * BLOCK_N - RIGHT - (LK - LQ), 0)
+        lo = (lo // BLOCK_M) * BLOCK_M
+    if HAS_LEFT:
+        hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N - 1 + LEFT - (LK - LQ) + 1, LQ)
+    for start in range(lo, hi, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        q_mask = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_D)
+        q = tl.load(Q + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(DO + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(LSE + offs_m, mask=offs_m < LQ, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=offs_m < LQ, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        p = tl.math.exp2(s - lse[:, None] * LOG2E_C)
+        p = tl.where(_visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT), p, 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    tl.store(DK + offs_n[:, None] * HEAD_D + offs_d[None, :],
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + offs_n[:, None] * HEAD_D + offs_d[None, :], dv.to(DV.dtype.element_ty),
+             mask=kv_mask)
+
+
+@triton.jit
+def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, H, GROUP, LQ, LK, qk_scale, sm_scale,
+                       LEFT, RIGHT, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr,
+                       HAS_RIGHT: tl.constexpr):
+    """dQ of one query block: dQ = dS K * scale, walking the same key tiles as the forward."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    bhk = (bh // H) * (H // GROUP) + (bh % H) // GROUP
+    Q += bh.to(tl.int64) * LQ * HEAD_D
+    DO += bh.to(tl.int64) * LQ * HEAD_D
+    DQ += bh.to(tl.int64) * LQ * HEAD_D
+    LSE += bh.to(tl.int64) * LQ
+    DELTA += bh.to(tl.int64) * LQ
+    K += bhk.to(tl.int64) * LK * HEAD_D
+    V += bhk.to(tl.int64) * LK * HEAD_D
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_mask = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_D)
+    q = tl.load(Q + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DO + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
+    lse = tl.load(LSE + offs_m, mask=offs_m < LQ, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=offs_m < LQ, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo = 0
+    hi = LK
+    if HAS_LEFT:
+        lo = tl.maximum(pid_m * BLOCK_M + (LK - LQ) - LEFT, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1 + (LK - LQ) + RIGHT + 1, LK)
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < LK) & (offs_d[None, :] < HEAD_D)
+        k = tl.load(K + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        p = tl.math.exp2(s - lse[:, None] * LOG2E_C)
+        p = tl.where(_visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT), p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(DQ + offs_m[:, None] * HEAD_D + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+
+
 # ----------------------------------------------------------------------------- launch helpers
 
 def fwd_config(head_dim, is_cuda=True):
@@ -149,3 +280,50 @@ def attention_fwd(q, k, v, scale=None, is_causal=False, window=None):
         HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_LEFT=has_left, HAS_RIGHT=has_right, num_warps=warps, num_stages=stages)
     return out, lse
+
+
+def bwd_config(head_dim, is_cuda=True, dtype=torch.bfloat16):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) of the two backward kernels. The
+    backward holds k, v, dk, dv (or q, do, dq) tiles at once, so its tiles are smaller than the
+    forward's; sizes picked so ptxas reports no spills on sm_90 and sm_80
+    (tests/test_compile_checks.py)."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if not is_cuda:
+        return 16, 16, block_d, 4, 1
+    if dtype == torch.float32 or block_d > 128:
+        return 32, 32, block_d, 4, 1
+    if block_d <= 64:
+        return 64, 64, block_d, 4, 2
+    return 32, 64, block_d, 8, 2
+
+
+def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=None):
+    """Gradients (dq, dk, dv) of attention_fwd; lse as it returned."""
+    b, hq, lq, d = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    q, k, v, out, do = (t.contiguous() for t in (q, k, v, out, do))
+    dq = torch.zeros_like(q)
+    # Per-query-head dK/dV; fp32 when a GQA group's heads are summed afterwards.
+    head_dtype = q.dtype if hq == hk else torch.float32
+    dk_heads = torch.zeros(b, hq, lk, d, device=q.device, dtype=head_dtype)
+    dv_heads = torch.zeros(b, hq, lk, d, device=q.device, dtype=head_dtype)
+    if q.numel() and lk:
+        scale = 1.0 / math.sqrt(d) if scale is None else scale
+        block_m, block_n, block_d, warps, stages = bwd_config(d, q.is_cuda, q.dtype)
+        has_left, left, has_right, right = window_bounds(is_causal, window)
+        delta = torch.empty(b, hq, lq, device=q.device, dtype=torch.float32)
+        rows = b * hq * lq
+        attn_bwd_preprocess_kernel[(triton.cdiv(rows, 64),)](
+            out, do, delta, rows, HEAD_D=d, BLOCK_M=64, BLOCK_D=block_d)
+        common = dict(HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+                      HAS_LEFT=has_left, HAS_RIGHT=has_right, num_warps=warps,
+                      num_stages=stages)
+        args = (hq, hq // hk, lq, lk, scale * LOG2E, scale, left, right)
+        attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hq)](
+            q, k, v, do, lse, delta, dk_heads, dv_heads, *args, **common)
+        attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * hq)](
+            q, k, v, do, lse, delta, dq, *args, **common)
+    # GQA: the query heads of a group all read one key/value head; their gradients add up.
+    dk = dk_heads.view(b, hk, hq // hk, lk, d).sum(2).to(q.dtype)
+    dv = dv_heads.view(b, hk, hq // hk, lk, d).sum(2).to(q.dtype)
+    return dq, dk, dv

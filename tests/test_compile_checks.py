@@ -92,6 +92,12 @@ def _attention_rows():
     rows += [("attn_fwd_kernel", "bf16", 128, f, 90) for f in ("full", "window")]
     rows += [("attn_fwd_kernel", "fp32", 64, "full", 90)]
     rows += [("attn_fwd_kernel", "bf16", d, "causal", 80) for d in (64, 128)]
+    for kernel in ("attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel"):
+        rows += [(kernel, dt, d, "causal", 90) for dt in ("fp16", "bf16") for d in ATTN_HEAD_DIMS]
+        rows += [(kernel, "bf16", 128, "window", 90), (kernel, "fp32", 64, "full", 90),
+                 (kernel, "bf16", 128, "causal", 80)]
+    rows += [("attn_bwd_preprocess_kernel", dt, d, "", 90) for dt in ("bf16", "fp32")
+             for d in (64, 80, 256)]
     return rows
 
 
@@ -146,6 +152,12 @@ def _resolve_norm(mod, kernel, dtype, width, flags):
 
 def _resolve_attention(mod, kernel, dtype, head_dim, flags):
     t = f"*{dtype}"
+    if kernel == "attn_bwd_preprocess_kernel":  # attention_bwd(): BLOCK_M=64, default warps
+        block_d = max(16, 1 << (head_dim - 1).bit_length())
+        sig = {"O": t, "DO": t, "DELTA": "*fp32", "ROWS": "i32"}
+        return sig, dict(HEAD_D=head_dim, BLOCK_M=64, BLOCK_D=block_d), 4, ["O", "DO", "DELTA"]
+    if kernel != "attn_fwd_kernel":
+        return _resolve_attention_bwd(mod, kernel, t, head_dim, flags)
     block_m, block_n, block_d, warps, stages = mod.fwd_config(head_dim, is_cuda=True)
     left, right = ATTN_FLAGS[flags]
     has_left, _, has_right, _ = mod.window_bounds(False, (left, right))
@@ -159,6 +171,22 @@ def _resolve_attention(mod, kernel, dtype, head_dim, flags):
                "so_h", "so_m"] if head_dim % 16 == 0 else []
     return sig, consts, {"num_warps": warps, "num_stages": stages}, \
         ["Q", "K", "V", "O", "LSE"] + strides
+
+
+def _resolve_attention_bwd(mod, kernel, t, head_dim, flags):
+    import torch
+
+    dtype = {"*fp16": torch.float16, "*bf16": torch.bfloat16, "*fp32": torch.float32}[t]
+    block_m, block_n, block_d, warps, stages = mod.bwd_config(head_dim, True, dtype)
+    has_left, _, has_right, _ = mod.window_bounds(False, ATTN_FLAGS[flags])
+    ptrs = ["Q", "K", "V", "DO", "LSE", "DELTA"] + (
+        ["DK", "DV"] if kernel == "attn_bwd_dkdv_kernel" else ["DQ"])
+    sig = {a: t for a in ptrs}
+    sig.update(LSE="*fp32", DELTA="*fp32", qk_scale="fp32", sm_scale="fp32")
+    sig.update({a: "i32" for a in ("H", "GROUP", "LQ", "LK", "LEFT", "RIGHT")})
+    consts = dict(HEAD_D=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+                  HAS_LEFT=has_left, HAS_RIGHT=has_right)
+    return sig, consts, {"num_warps": warps, "num_stages": stages}, ptrs
 
 
 RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention}
