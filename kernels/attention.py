@@ -132,6 +132,32 @@ def _visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT: tl.constexpr,
 
 
 @triton.jit
+def _load_rows(PTR, offs, offs_d, L, HEAD_D: tl.constexpr):
+    """Rows `offs` of a contiguous (L, HEAD_D) matrix, zero-padded past L and HEAD_D."""
+    mask = (offs[:, None] < L) & (offs_d[None, :] < HEAD_D)
+    return tl.load(PTR + offs[:, None] * HEAD_D + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _bwd_bases(bh, H, GROUP, LQ, LK, HEAD_D: tl.constexpr):
+    """Element offsets of (batch, query head) bh's query rows, of its key/value head's rows
+    (GQA: head h reads h // GROUP), and of its row statistics."""
+    bhk = (bh // H) * (H // GROUP) + (bh % H) // GROUP
+    return bh.to(tl.int64) * LQ * HEAD_D, bhk.to(tl.int64) * LK * HEAD_D, bh.to(tl.int64) * LQ
+
+
+@triton.jit
+def _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK, LEFT, RIGHT,
+                    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """One (query tile, key tile): P from the saved LSE, and dS = P * (dO V^T - delta)."""
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    p = tl.math.exp2(s - lse[:, None] * LOG2E_C)
+    p = tl.where(_visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT), p, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
 def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_scale, sm_scale,
                          LEFT, RIGHT, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr,
@@ -142,21 +168,11 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_s
         dV = P^T dO,  dS = P * (dO V^T - delta),  dK = dS^T Q * scale."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    bhk = (bh // H) * (H // GROUP) + (bh % H) // GROUP
-    Q += bh.to(tl.int64) * LQ * HEAD_D
-    DO += bh.to(tl.int64) * LQ * HEAD_D
-    LSE += bh.to(tl.int64) * LQ
-    DELTA += bh.to(tl.int64) * LQ
-    K += bhk.to(tl.int64) * LK * HEAD_D
-    V += bhk.to(tl.int64) * LK * HEAD_D
-    DK += bh.to(tl.int64) * LK * HEAD_D
-    DV += bh.to(tl.int64) * LK * HEAD_D
-
+    q_base, kv_base, stat_base = _bwd_bases(bh, H, GROUP, LQ, LK, HEAD_D)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_mask = (offs_n[:, None] < LK) & (offs_d[None, :] < HEAD_D)
-    k = tl.load(K + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = _load_rows(K + kv_base, offs_n, offs_d, LK, HEAD_D)
+    v = _load_rows(V + kv_base, offs_n, offs_d, LK, HEAD_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
@@ -170,22 +186,18 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_s
         hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N - 1 + LEFT - (LK - LQ) + 1, LQ)
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
-        q_mask = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_D)
-        q = tl.load(Q + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
-        lse = tl.load(LSE + offs_m, mask=offs_m < LQ, other=float("inf"))
-        delta = tl.load(DELTA + offs_m, mask=offs_m < LQ, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        p = tl.math.exp2(s - lse[:, None] * LOG2E_C)
-        p = tl.where(_visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT), p, 0.0)
+        q = _load_rows(Q + q_base, offs_m, offs_d, LQ, HEAD_D)
+        do = _load_rows(DO + q_base, offs_m, offs_d, LQ, HEAD_D)
+        lse = tl.load(LSE + stat_base + offs_m, mask=offs_m < LQ, other=float("inf"))
+        delta = tl.load(DELTA + stat_base + offs_m, mask=offs_m < LQ, other=0.0)
+        p, ds = _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK,
+                                LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    tl.store(DK + offs_n[:, None] * HEAD_D + offs_d[None, :],
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + offs_n[:, None] * HEAD_D + offs_d[None, :], dv.to(DV.dtype.element_ty),
-             mask=kv_mask)
+    out = (bh.to(tl.int64) * LK * HEAD_D) + offs_n[:, None] * HEAD_D + offs_d[None, :]
+    kv_mask = (offs_n[:, None] < LK) & (offs_d[None, :] < HEAD_D)
+    tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -196,22 +208,13 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, H, GROUP, LQ, LK, qk_scale, 
     """dQ of one query block: dQ = dS K * scale, walking the same key tiles as the forward."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    bhk = (bh // H) * (H // GROUP) + (bh % H) // GROUP
-    Q += bh.to(tl.int64) * LQ * HEAD_D
-    DO += bh.to(tl.int64) * LQ * HEAD_D
-    DQ += bh.to(tl.int64) * LQ * HEAD_D
-    LSE += bh.to(tl.int64) * LQ
-    DELTA += bh.to(tl.int64) * LQ
-    K += bhk.to(tl.int64) * LK * HEAD_D
-    V += bhk.to(tl.int64) * LK * HEAD_D
-
+    q_base, kv_base, stat_base = _bwd_bases(bh, H, GROUP, LQ, LK, HEAD_D)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_mask = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_D)
-    q = tl.load(Q + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=q_mask, other=0.0)
-    lse = tl.load(LSE + offs_m, mask=offs_m < LQ, other=float("inf"))
-    delta = tl.load(DELTA + offs_m, mask=offs_m < LQ, other=0.0)
+    q = _load_rows(Q + q_base, offs_m, offs_d, LQ, HEAD_D)
+    do = _load_rows(DO + q_base, offs_m, offs_d, LQ, HEAD_D)
+    lse = tl.load(LSE + stat_base + offs_m, mask=offs_m < LQ, other=float("inf"))
+    delta = tl.load(DELTA + stat_base + offs_m, mask=offs_m < LQ, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo = 0
     hi = LK
@@ -222,16 +225,13 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, H, GROUP, LQ, LK, qk_scale, 
         hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1 + (LK - LQ) + RIGHT + 1, LK)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < LK) & (offs_d[None, :] < HEAD_D)
-        k = tl.load(K + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        p = tl.math.exp2(s - lse[:, None] * LOG2E_C)
-        p = tl.where(_visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT), p, 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
+        k = _load_rows(K + kv_base, offs_n, offs_d, LK, HEAD_D)
+        v = _load_rows(V + kv_base, offs_n, offs_d, LK, HEAD_D)
+        _, ds = _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK,
+                                LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + offs_m[:, None] * HEAD_D + offs_d[None, :],
+    q_mask = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_D)
+    tl.store(DQ + q_base + offs_m[:, None] * HEAD_D + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
