@@ -38,6 +38,21 @@ LOG2E_C = tl.constexpr(LOG2E)  # kernel side: natural-log LSE to log2 units
 
 
 @triton.jit
+def _key_range(pid_m, LQ, LK, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """[lo, hi): the keys any query of block pid_m can see, lo rounded down to a key tile.
+    Key tiles outside it are never loaded (the forward and dQ loops skip them)."""
+    lo = 0
+    hi = LK
+    if HAS_LEFT:
+        lo = tl.maximum(pid_m * BLOCK_M + (LK - LQ) - LEFT, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1 + (LK - LQ) + RIGHT + 1, LK)
+    return lo, hi
+
+
+@triton.jit
 def attn_fwd_kernel(Q, K, V, O, LSE,
                     sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_m,
                     H, GROUP, LQ, LK, qk_scale, LEFT, RIGHT,
@@ -62,13 +77,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
 
     # Key range any query of this block can see; tiles outside it are skipped entirely.
     diag = offs_m + (LK - LQ)  # the key on each query's (bottom-right aligned) diagonal
-    lo = 0
-    hi = LK
-    if HAS_LEFT:
-        lo = tl.maximum(pid_m * BLOCK_M + (LK - LQ) - LEFT, 0)
-        lo = (lo // BLOCK_N) * BLOCK_N
-    if HAS_RIGHT:
-        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1 + (LK - LQ) + RIGHT + 1, LK)
+    lo, hi = _key_range(pid_m, LQ, LK, LEFT, RIGHT, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -216,13 +225,7 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, H, GROUP, LQ, LK, qk_scale, 
     lse = tl.load(LSE + stat_base + offs_m, mask=offs_m < LQ, other=float("inf"))
     delta = tl.load(DELTA + stat_base + offs_m, mask=offs_m < LQ, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo = 0
-    hi = LK
-    if HAS_LEFT:
-        lo = tl.maximum(pid_m * BLOCK_M + (LK - LQ) - LEFT, 0)
-        lo = (lo // BLOCK_N) * BLOCK_N
-    if HAS_RIGHT:
-        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1 + (LK - LQ) + RIGHT + 1, LK)
+    lo, hi = _key_range(pid_m, LQ, LK, LEFT, RIGHT, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K + kv_base, offs_n, offs_d, LK, HEAD_D)
