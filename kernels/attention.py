@@ -1,7 +1,8 @@
 """Triton kernels for the attention family: flash-attention forward (docs/attention.md).
 
-Status: forward and backward with causal (bottom-right), sliding window with tile skipping, GQA,
-Lq != Lk, any head dim <= 256 and `scale`. Still to come (issue 3): attn_mask / key padding.
+Status: forward and backward with causal (bottom-right), sliding window with tile skipping,
+boolean or additive attn_mask broadcastable to (B, Hq, Lq, Lk) (key padding is a (B, 1, 1, Lk)
+boolean mask), GQA, Lq != Lk, any head dim <= 256 and `scale`.
 
 The online softmax. For one query row, walking the keys in tiles and keeping a running maximum m,
 a running normalizer l and an unnormalized output acc:
@@ -24,6 +25,7 @@ A query that sees no key gets out = 0 and lse = +inf (so a backward recomputes p
 
 Pointer arguments (strided; the head dim is contiguous):
     Q, O : (B, Hq, Lq, D)    K, V : (B, Hk, Lk, D)    LSE : (B, Hq, Lq) fp32
+    MASK : (B, Hq, Lq, Lk) strided view (0 strides where broadcast), uint8 or float
 GQA: query head h reads key/value head h // GROUP (GROUP = Hq / Hk).
 """
 import math
@@ -35,6 +37,20 @@ import triton.language as tl
 LOG2E = 1.4426950408889634  # host side: folded into qk_scale
 LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to natural log
 LOG2E_C = tl.constexpr(LOG2E)  # kernel side: natural-log LSE to log2 units
+
+
+@triton.jit
+def _masked_scores(s, MASK, offs_m, offs_n, smm, smn, LQ, LK, MASK_KIND: tl.constexpr):
+    """Apply attn_mask to a tile of scores (log2 units): MASK_KIND 1 = boolean (nonzero = may
+    attend; others -> -inf), 2 = additive (added, times log2 e), 0 = no mask."""
+    if MASK_KIND != 0:
+        ptrs = MASK + offs_m[:, None] * smm + offs_n[None, :] * smn
+        inside = (offs_m[:, None] < LQ) & (offs_n[None, :] < LK)
+        if MASK_KIND == 1:
+            s = tl.where(tl.load(ptrs, mask=inside, other=0) != 0, s, float("-inf"))
+        else:
+            s = s + tl.load(ptrs, mask=inside, other=0.0).to(tl.float32) * LOG2E_C
+    return s
 
 
 @triton.jit
@@ -53,11 +69,13 @@ def _key_range(pid_m, LQ, LK, LEFT, RIGHT, BLOCK_M: tl.constexpr, BLOCK_N: tl.co
 
 
 @triton.jit
-def attn_fwd_kernel(Q, K, V, O, LSE,
+def attn_fwd_kernel(Q, K, V, O, LSE, MASK,
                     sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_m,
+                    sm_b, sm_h, sm_m, sm_n,
                     H, GROUP, LQ, LK, qk_scale, LEFT, RIGHT,
                     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+                    BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                    MASK_KIND: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -68,6 +86,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
     K += b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h
     V += b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h
     LSE += bh.to(tl.int64) * LQ
+    MASK += b.to(tl.int64) * sm_b + h.to(tl.int64) * sm_h  # broadcast dims have stride 0
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -88,6 +107,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
         k = tl.load(K + offs_n[:, None] * sk_n + offs_d[None, :],
                     mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units
+        s = _masked_scores(s, MASK, offs_m, offs_n, sm_m, sm_n, LQ, LK, MASK_KIND)
         visible = kv_ok[None, :]
         if HAS_LEFT:
             visible = visible & (offs_n[None, :] >= diag[:, None] - LEFT)
@@ -157,9 +177,11 @@ def _bwd_bases(bh, H, GROUP, LQ, LK, HEAD_D: tl.constexpr):
 
 @triton.jit
 def _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK, LEFT, RIGHT,
-                    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+                    MASK, sm_m, sm_n, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                    MASK_KIND: tl.constexpr):
     """One (query tile, key tile): P from the saved LSE, and dS = P * (dO V^T - delta)."""
     s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = _masked_scores(s, MASK, offs_m, offs_n, sm_m, sm_n, LQ, LK, MASK_KIND)
     p = tl.math.exp2(s - lse[:, None] * LOG2E_C)
     p = tl.where(_visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT), p, 0.0)
     dp = tl.dot(do, tl.trans(v))
@@ -167,10 +189,11 @@ def _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK, L
 
 
 @triton.jit
-def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_scale, sm_scale,
+def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, sm_b, sm_h, sm_m, sm_n,
+                         H, GROUP, LQ, LK, qk_scale, sm_scale,
                          LEFT, RIGHT, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr,
-                         HAS_RIGHT: tl.constexpr):
+                         HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr):
     """dK, dV of one key block for one query head (GQA: the launcher sums the group's heads).
     All tensors contiguous: Q/DO (B, Hq, Lq, D), K/V (B, Hk, Lk, D), DK/DV (B, Hq, Lk, D),
     LSE/DELTA (B, Hq, Lq). With P recomputed from the LSE:
@@ -178,6 +201,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_s
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     q_base, kv_base, stat_base = _bwd_bases(bh, H, GROUP, LQ, LK, HEAD_D)
+    MASK += (bh // H).to(tl.int64) * sm_b + (bh % H).to(tl.int64) * sm_h
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_rows(K + kv_base, offs_n, offs_d, LK, HEAD_D)
@@ -200,7 +224,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_s
         lse = tl.load(LSE + stat_base + offs_m, mask=offs_m < LQ, other=float("inf"))
         delta = tl.load(DELTA + stat_base + offs_m, mask=offs_m < LQ, other=0.0)
         p, ds = _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK,
-                                LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
+                                LEFT, RIGHT, MASK, sm_m, sm_n, HAS_LEFT, HAS_RIGHT, MASK_KIND)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
     out = (bh.to(tl.int64) * LK * HEAD_D) + offs_n[:, None] * HEAD_D + offs_d[None, :]
@@ -210,14 +234,16 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, H, GROUP, LQ, LK, qk_s
 
 
 @triton.jit
-def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, H, GROUP, LQ, LK, qk_scale, sm_scale,
+def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, sm_b, sm_h, sm_m, sm_n,
+                       H, GROUP, LQ, LK, qk_scale, sm_scale,
                        LEFT, RIGHT, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr,
-                       HAS_RIGHT: tl.constexpr):
+                       HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr):
     """dQ of one query block: dQ = dS K * scale, walking the same key tiles as the forward."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     q_base, kv_base, stat_base = _bwd_bases(bh, H, GROUP, LQ, LK, HEAD_D)
+    MASK += (bh // H).to(tl.int64) * sm_b + (bh % H).to(tl.int64) * sm_h
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_rows(Q + q_base, offs_m, offs_d, LQ, HEAD_D)
@@ -231,7 +257,7 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, H, GROUP, LQ, LK, qk_scale, 
         k = _load_rows(K + kv_base, offs_n, offs_d, LK, HEAD_D)
         v = _load_rows(V + kv_base, offs_n, offs_d, LK, HEAD_D)
         _, ds = _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK,
-                                LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
+                                LEFT, RIGHT, MASK, sm_m, sm_n, HAS_LEFT, HAS_RIGHT, MASK_KIND)
         dq += tl.dot(ds.to(k.dtype), k)
     q_mask = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_D)
     tl.store(DQ + q_base + offs_m[:, None] * HEAD_D + offs_d[None, :],
@@ -260,8 +286,20 @@ def window_bounds(is_causal, window):
     return left is not None, left or 0, right is not None, right or 0
 
 
-def attention_fwd(q, k, v, scale=None, is_causal=False, window=None):
-    """q: (B, Hq, Lq, D), k/v: (B, Hk, Lk, D), Hq a multiple of Hk. Returns (out, lse)."""
+def mask_args(attn_mask, b, hq, lq, lk, dummy):
+    """(tensor, strides (b, h, m, n), MASK_KIND) for an attn_mask broadcastable to
+    (B, Hq, Lq, Lk): broadcast dims get stride 0 (no copy); booleans are read as bytes."""
+    if attn_mask is None:
+        return dummy, (0, 0, 0, 0), 0
+    m = attn_mask.expand(b, hq, lq, lk)
+    if m.dtype == torch.bool:
+        return m.view(torch.uint8), m.stride(), 1
+    return m, m.stride(), 2
+
+
+def attention_fwd(q, k, v, scale=None, is_causal=False, window=None, attn_mask=None):
+    """q: (B, Hq, Lq, D), k/v: (B, Hk, Lk, D), Hq a multiple of Hk; attn_mask boolean (True =
+    may attend) or additive, broadcastable to (B, Hq, Lq, Lk). Returns (out, lse)."""
     b, hq, lq, d = q.shape
     hk, lk = k.shape[1], k.shape[2]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -274,14 +312,16 @@ def attention_fwd(q, k, v, scale=None, is_causal=False, window=None):
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     block_m, block_n, block_d, warps, stages = fwd_config(d, q.is_cuda)
     has_left, left, has_right, right = window_bounds(is_causal, window)
+    mask, mask_strides, mask_kind = mask_args(attn_mask, b, hq, lq, lk, q)
     grid = (triton.cdiv(lq, block_m), b * hq)
     attn_fwd_kernel[grid](
-        q, k, v, out, lse,
+        q, k, v, out, lse, mask,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        hq, hq // hk, lq, lk, scale * LOG2E, left, right,
+        *mask_strides, hq, hq // hk, lq, lk, scale * LOG2E, left, right,
         HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_LEFT=has_left, HAS_RIGHT=has_right, num_warps=warps, num_stages=stages)
+        HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind, num_warps=warps,
+        num_stages=stages)
     return out, lse
 
 
@@ -300,8 +340,10 @@ def bwd_config(head_dim, is_cuda=True, dtype=torch.bfloat16):
     return 32, 64, block_d, 8, 2
 
 
-def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=None):
-    """Gradients (dq, dk, dv) of attention_fwd; lse as it returned."""
+def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=None,
+                  attn_mask=None):
+    """Gradients (dq, dk, dv) of attention_fwd; lse as it returned. No gradient flows to an
+    additive attn_mask."""
     b, hq, lq, d = q.shape
     hk, lk = k.shape[1], k.shape[2]
     q, k, v, out, do = (t.contiguous() for t in (q, k, v, out, do))
@@ -318,10 +360,11 @@ def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=Non
         rows = b * hq * lq
         attn_bwd_preprocess_kernel[(triton.cdiv(rows, 64),)](
             out, do, delta, rows, HEAD_D=d, BLOCK_M=64, BLOCK_D=block_d)
+        mask, mask_strides, mask_kind = mask_args(attn_mask, b, hq, lq, lk, q)
         common = dict(HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                      HAS_LEFT=has_left, HAS_RIGHT=has_right, num_warps=warps,
-                      num_stages=stages)
-        args = (hq, hq // hk, lq, lk, scale * LOG2E, scale, left, right)
+                      HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind,
+                      num_warps=warps, num_stages=stages)
+        args = (mask, *mask_strides, hq, hq // hk, lq, lk, scale * LOG2E, scale, left, right)
         attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hq)](
             q, k, v, do, lse, delta, dk_heads, dv_heads, *args, **common)
         attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * hq)](

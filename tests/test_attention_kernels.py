@@ -12,6 +12,13 @@ pytestmark = pytest.mark.skipif(not (INTERPRETED or HAS_CUDA),
 DEVICE = "cuda" if HAS_CUDA and not INTERPRETED else "cpu"
 
 
+def _double(kw):
+    m = kw.get("attn_mask")
+    if m is not None and m.is_floating_point():
+        kw = dict(kw, attn_mask=m.double())
+    return kw
+
+
 def check(b=1, hq=2, hk=2, lq=19, lk=19, d=16, dtype=torch.float32, **kw):
     from leedl_fast.kernels import attention as kernels
 
@@ -20,8 +27,10 @@ def check(b=1, hq=2, hk=2, lq=19, lk=19, d=16, dtype=torch.float32, **kw):
     v = torch.randn(b, hk, lk, d, dtype=dtype, device=DEVICE)
     out, lse = kernels.attention_fwd(q, k, v, **kw)
     want = ref.scaled_dot_product_attention(q.double(), k.double(), v.double(),
-                                            enable_gqa=hq != hk, **kw)
+                                            enable_gqa=hq != hk, **_double(kw))
     torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=2e-5)
+    if "attn_mask" in kw:
+        return  # the lse check below builds its own masks
     # lse = log sum_j exp(s_ij) over the visible keys; +inf where a query sees none.
     s = (q.double() @ k.double().repeat_interleave(hq // hk, 1).transpose(-2, -1))
     s = s * (kw.get("scale") or d ** -0.5)
@@ -91,7 +100,7 @@ def check_bwd(b=1, hq=2, hk=2, lq=19, lk=19, d=16, **kw):
     do = torch.randn_like(out)
     got = kernels.attention_bwd(do, q, k, v, out, lse, **kw)
     leaves = [t.double().requires_grad_() for t in (q, k, v)]
-    want_out = ref.scaled_dot_product_attention(*leaves, enable_gqa=hq != hk, **kw)
+    want_out = ref.scaled_dot_product_attention(*leaves, enable_gqa=hq != hk, **_double(kw))
     want = torch.autograd.grad(want_out, leaves, do.double())
     for name, g, w in zip(("dq", "dk", "dv"), got, want):
         assert torch.isfinite(g).all(), name
@@ -116,3 +125,25 @@ def test_bwd_sliding_window(window):
 
 def test_bwd_gqa_head_dim_scale():
     check_bwd(b=2, hq=6, hk=2, d=24, scale=0.3)
+
+
+def _masks(b, h, lq, lk):
+    bool_mask = torch.rand(b, 1, lq, lk, device=DEVICE) > 0.4
+    bool_mask[:, :, 2] = False  # a fully masked query row: output 0, zero gradients
+    padding = torch.ones(b, 1, 1, lk, dtype=torch.bool, device=DEVICE)
+    padding[:, :, :, lk - 5:] = False  # key padding: the last 5 keys are padding
+    additive = torch.randn(1, h, lq, lk, device=DEVICE)
+    return {"bool": bool_mask, "padding": padding, "additive": additive}
+
+
+@pytest.mark.parametrize("kind", ["bool", "padding", "additive"])
+def test_attn_mask(kind):
+    mask = _masks(2, 2, 21, 26)[kind]
+    check(b=2, lq=21, lk=26, attn_mask=mask)
+    check_bwd(b=2, lq=21, lk=26, attn_mask=mask)
+
+
+def test_attn_mask_with_causal_window_and_gqa():
+    mask = _masks(1, 4, 30, 30)["bool"]
+    check(hq=4, hk=2, lq=30, lk=30, attn_mask=mask, window=(6, 0))
+    check_bwd(hq=4, hk=2, lq=30, lk=30, attn_mask=mask, is_causal=True)

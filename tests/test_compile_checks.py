@@ -83,7 +83,9 @@ def _norm_rows():
 
 # Attention: a row's `width` is the head dim; flags pick the masking variant the launcher runs.
 ATTN_HEAD_DIMS = (64, 80, 128, 256)
-ATTN_FLAGS = {"full": (None, None), "causal": (None, 0), "window": (256, 0)}
+ATTN_FLAGS = {"full": (None, None), "causal": (None, 0), "window": (256, 0),
+              "boolmask": (None, None), "addmask": (None, 0)}
+ATTN_MASK = {"boolmask": ("*u8", 1), "addmask": ("*fp32", 2)}  # (MASK type, MASK_KIND)
 
 
 def _attention_rows():
@@ -91,6 +93,8 @@ def _attention_rows():
             for d in ATTN_HEAD_DIMS]
     rows += [("attn_fwd_kernel", "bf16", 128, f, 90) for f in ("full", "window")]
     rows += [("attn_fwd_kernel", "fp32", 64, "full", 90)]
+    rows += [(kernel, "bf16", 128, f, 90) for f in ATTN_MASK
+             for kernel in ("attn_fwd_kernel", "attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel")]
     rows += [("attn_fwd_kernel", "bf16", d, "causal", 80) for d in (64, 128)]
     for kernel in ("attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel"):
         rows += [(kernel, dt, d, "causal", 90) for dt in ("fp16", "bf16") for d in ATTN_HEAD_DIMS]
@@ -161,12 +165,15 @@ def _resolve_attention(mod, kernel, dtype, head_dim, flags):
     block_m, block_n, block_d, warps, stages = mod.fwd_config(head_dim, is_cuda=True)
     left, right = ATTN_FLAGS[flags]
     has_left, _, has_right, _ = mod.window_bounds(False, (left, right))
-    sig = {"Q": t, "K": t, "V": t, "O": t, "LSE": "*fp32", "qk_scale": "fp32"}
+    mask_type, mask_kind = ATTN_MASK.get(flags, (t, 0))
+    sig = {"Q": t, "K": t, "V": t, "O": t, "LSE": "*fp32", "MASK": mask_type,
+           "qk_scale": "fp32"}
     ints = ("sq_b", "sq_h", "sq_m", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b",
-            "so_h", "so_m", "H", "GROUP", "LQ", "LK", "LEFT", "RIGHT")
+            "so_h", "so_m", "sm_b", "sm_h", "sm_m", "sm_n", "H", "GROUP", "LQ", "LK", "LEFT",
+            "RIGHT")
     sig.update({a: "i32" for a in ints})
     consts = dict(HEAD_D=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                  HAS_LEFT=has_left, HAS_RIGHT=has_right)
+                  HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind)
     strides = ["sq_b", "sq_h", "sq_m", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b",
                "so_h", "so_m"] if head_dim % 16 == 0 else []
     return sig, consts, {"num_warps": warps, "num_stages": stages}, \
@@ -181,11 +188,13 @@ def _resolve_attention_bwd(mod, kernel, t, head_dim, flags):
     has_left, _, has_right, _ = mod.window_bounds(False, ATTN_FLAGS[flags])
     ptrs = ["Q", "K", "V", "DO", "LSE", "DELTA"] + (
         ["DK", "DV"] if kernel == "attn_bwd_dkdv_kernel" else ["DQ"])
+    mask_type, mask_kind = ATTN_MASK.get(flags, (t, 0))
     sig = {a: t for a in ptrs}
-    sig.update(LSE="*fp32", DELTA="*fp32", qk_scale="fp32", sm_scale="fp32")
-    sig.update({a: "i32" for a in ("H", "GROUP", "LQ", "LK", "LEFT", "RIGHT")})
+    sig.update(LSE="*fp32", DELTA="*fp32", MASK=mask_type, qk_scale="fp32", sm_scale="fp32")
+    sig.update({a: "i32" for a in ("sm_b", "sm_h", "sm_m", "sm_n", "H", "GROUP", "LQ", "LK",
+                                   "LEFT", "RIGHT")})
     consts = dict(HEAD_D=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                  HAS_LEFT=has_left, HAS_RIGHT=has_right)
+                  HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind)
     return sig, consts, {"num_warps": warps, "num_stages": stages}, ptrs
 
 
