@@ -74,6 +74,7 @@ class Case:
     nbytes: int
     build: Callable[[], dict[str, Callable[[], Any]]]
     target: tuple[str, float] | None = None
+    flops: int = 0  # useful FLOPs of one iteration, for compute-bound ops (TFLOP/s column)
 
     @property
     def label(self) -> str:
@@ -355,6 +356,7 @@ def run_case(case: Case, *, compile: bool, min_run_time: float, rounds: int, cei
             "speedup": eager_time / seconds if seconds and eager_time else None,
             "gbps": gbps, "pct_ceiling": 100 * gbps / ceiling if gbps else None,
             "nbytes": case.nbytes, "note": notes.get(name, ""), "others_cpu_pct": others,
+            "tflops": case.flops / seconds / 1e12 if seconds and case.flops else None,
         }
         if others is not None and others > NOISY_PERCENT and not record["note"]:
             record["note"] = f"noisy: other processes took {others:.0f}% CPU"

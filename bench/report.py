@@ -20,8 +20,9 @@ from bench.harness import BENCH_DIR, EAGER
 
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
-HEADERS = ["op", "mode", "shape", "dtype", "backend", "time", "vs eager", "GB/s", "% ceil", "note"]
-NUMERIC = {"time", "vs eager", "GB/s", "% ceil", "others CPU"}
+HEADERS = ["op", "mode", "shape", "dtype", "backend", "time", "vs eager", "GB/s", "% ceil",
+           "TFLOP/s", "note"]
+NUMERIC = {"time", "vs eager", "GB/s", "% ceil", "TFLOP/s", "others CPU"}
 SPEEDUP_TICKS = [0.01, 0.03, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 100]
 
 
@@ -110,7 +111,8 @@ def shape_str(r: dict) -> str:
 def row(r: dict) -> list[str]:
     return [r["op"], r["mode"], shape_str(r), r["dtype"], r["backend"], _time(r["time_s"]),
             _num(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
-            _num(r["gbps"], ".1f"), _num(r["pct_ceiling"], ".0f"), r.get("note", "")]
+            _num(r["gbps"], ".1f"), _num(r["pct_ceiling"], ".0f"), _num(r.get("tflops"), ".1f"),
+            r.get("note", "")]
 
 
 def group_by_op(records: list[dict]) -> dict[tuple[str, str], list[dict]]:

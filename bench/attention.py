@@ -1,0 +1,122 @@
+"""Attention family: the Triton flash-attention kernels against torch SDPA (GPU only for now).
+
+FLOPs (useful work, as FlashAttention counts it): forward 4·B·H·Lq·Lk·D (QK^T and PV), backward
+2.5x that (five matmuls: S is recomputed), fwd+bwd 3.5x; halved for causal; with a window w the
+key length is min(Lk, w + 1). Minimum bytes: read Q, K, V, write O (and the LSE), e per element;
+the backward also reads O, dO and writes dQ, dK, dV. At D = 128 and L >= 1k the op is
+compute-bound on an H100, so TFLOP/s is the column to read.
+
+Until the attention op glue lands (issue 3), leedl_fast's candidate calls the kernels through a
+small autograd.Function here (kernels.attention_fwd / attention_bwd); on CPU there is nothing to
+time yet (the Triton kernels run only under the interpreter there), so CPU runs get no cases.
+
+Baseline ("torch eager" column): torch SDPA with the backends torch picks for the case (flash on
+an H100 for bf16 without a mask; memory-efficient with an explicit mask).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bench.harness import COMPILE, EAGER, Case, step
+
+GPU_SEQS = (512, 2048, 8192, 16384)
+TOKENS = 16384  # batch x sequence held constant: B = TOKENS // L
+HEADS = {64: 32, 128: 16}  # head dim -> heads (a 2048-wide model)
+WINDOW = 256
+WINDOW_SEQ = 8192
+
+
+class _TritonAttention(torch.autograd.Function):
+    """The Triton kernels with autograd, for timing (the real op glue is issue 3's next step)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, window):
+        from leedl_fast.kernels import attention as kernels
+
+        out, lse = kernels.attention_fwd(q, k, v, is_causal=is_causal, window=window)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.is_causal, ctx.window = is_causal, window
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        from leedl_fast.kernels import attention as kernels
+
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = kernels.attention_bwd(do, q, k, v, out, lse, is_causal=ctx.is_causal,
+                                           window=ctx.window)
+        return dq, dk, dv, None, None
+
+
+def _flops(b, h, lq, lk, d, mode, is_causal, window):
+    if window is not None:
+        lk = min(lk, window[0] + 1)
+    fwd = 4 * b * h * lq * lk * d // (2 if is_causal and window is None else 1)
+    return {"fwd": fwd, "fwd+bwd": fwd * 7 // 2}[mode]
+
+
+def _builder(b, h, l, d, dtype, mode, is_causal, window):
+    def build():
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dtype, generator=gen)
+                   for _ in range(3))
+        leaves = ()
+        grads = ()
+        if mode == "fwd+bwd":
+            for t in (q, k, v):
+                t.requires_grad_(True)
+            leaves = (q, k, v)
+            grads = (torch.randn(b, h, l, d, device="cuda", dtype=dtype, generator=gen),)
+        if window is None:
+            def torch_sdpa(q, k, v):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        else:  # SDPA has no window: an explicit boolean mask (lower-right aligned, Lq == Lk)
+            i = torch.arange(l, device="cuda")
+            mask = (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - window[0])
+
+            def torch_sdpa(q, k, v):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+        def leedl(q, k, v):
+            return _TritonAttention.apply(q, k, v, is_causal, window)
+
+        fns = {EAGER: step(torch_sdpa, (q, k, v), mode, leaves, grads),
+               "leedl_fast:triton": step(leedl, (q, k, v), mode, leaves, grads)}
+        if l <= 2048:  # the textbook's matmul-softmax-matmul, compiled (L^2 memory beyond)
+            def naive(q, k, v):
+                s = (q @ k.transpose(-2, -1)) * d ** -0.5
+                if is_causal:
+                    s = s.masked_fill(torch.ones(l, l, dtype=torch.bool, device="cuda")
+                                      .triu(1), float("-inf"))
+                return torch.softmax(s.float(), -1).to(q.dtype) @ v
+            compiled = torch.compile(naive, fullgraph=True, dynamic=False)
+            fns[COMPILE] = step(compiled, (q, k, v), mode, leaves, grads)
+        return fns
+
+    return build
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if not device.startswith("cuda"):
+        return []  # see the module docstring: nothing of leedl_fast's to time on CPU yet
+    dtype = torch.bfloat16
+    grid = [(l, d, causal, None) for d in (64, 128) for l in GPU_SEQS for causal in (False, True)]
+    grid.append((WINDOW_SEQ, 128, True, (WINDOW, 0)))
+    if quick:
+        grid = [(2048, 128, True, None)]
+    out = []
+    for l, d, causal, window in grid:
+        b, h = max(1, TOKENS // l), HEADS[d]
+        op = "attention" + ("_causal" if causal and window is None else "") + \
+            (f"_window{window[0]}" if window else "")
+        for mode in ("fwd", "fwd+bwd"):
+            nbytes = (4 if mode == "fwd" else 11) * b * h * l * d * 2
+            target = None
+            if d == 128 and l >= 2048 and window is None:
+                target = ("leedl_fast:triton", 1.2 if mode == "fwd" else 1.0)
+            out.append(Case(family="attention", op=op, mode=mode, shape=(b, h, l, d),
+                            dtype=dtype, device=device, nbytes=nbytes,
+                            build=_builder(b, h, l, d, dtype, mode, causal, window),
+                            target=target, flops=_flops(b, h, l, l, d, mode, causal, window)))
+    return out
