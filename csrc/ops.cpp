@@ -24,6 +24,16 @@ TORCH_LIBRARY(leedl_fast, m) {
         " Tensor? dresidual, bool has_bias) -> (Tensor dx, Tensor dweight, Tensor dbias)");
   m.def("rms_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor rstd, Tensor? dresidual)"
         " -> (Tensor dx, Tensor dweight)");
+
+  // --- attention (docs/attention.md) ---
+  // q (B, Hq, Lq, D), k/v (B, Hk, Lk, D) with Hq a multiple of Hk (GQA); attn_mask boolean
+  // (true = may attend) or additive, broadcastable to (B, Hq, Lq, Lk); window_left/right < 0
+  // means unbounded (causal is window_right = 0, aligned bottom-right). lse (B, Hq, Lq) fp32.
+  m.def("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, float scale,"
+        " bool is_causal, int window_left, int window_right) -> (Tensor out, Tensor lse)");
+  m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+        " Tensor? attn_mask, float scale, bool is_causal, int window_left, int window_right)"
+        " -> (Tensor dq, Tensor dk, Tensor dv)");
 }
 
 // Importable as a Python module so `import leedl_fast._C` loads the registrations above.

@@ -6,9 +6,11 @@ torch.nn.functional, so the swap of the import is the only change a user makes.
 """
 import torch.nn.functional as _torch_F
 
+from ._ops.attention import scaled_dot_product_attention
 from ._ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 
-__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm",
+           "scaled_dot_product_attention"]
 
 
 def __getattr__(name):

@@ -1,0 +1,107 @@
+"""leedl_fast.functional.scaled_dot_product_attention: torch's signature plus `window`, every
+backend that runs CPU tensors here against the float64 reference, autograd, bad input."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import leedl_fast
+import leedl_fast.functional as F
+from leedl_fast.reference import attention as ref
+
+from .conftest import INTERPRETED
+
+BACKENDS = (["triton"] if INTERPRETED else []) + ["reference"]
+
+
+def run(backend, q, k, v, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    with leedl_fast.backend(backend):
+        out = F.scaled_dot_product_attention(*leaves, **kw)
+        out.backward(torch.ones_like(out))
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def check(backend, q, k, v, **kw):
+    got = run(backend, q, k, v, **kw)
+    dbl = {key: (val.double() if isinstance(val, torch.Tensor) and val.is_floating_point()
+                 else val) for key, val in kw.items()}
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    want = ref.scaled_dot_product_attention(*leaves, **dbl)
+    want = [want.detach(), *torch.autograd.grad(want, leaves, torch.ones_like(want))]
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert g.shape == w.shape and g.dtype == q.dtype, name
+        torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-4,
+                                   msg=lambda m: f"{backend} {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [{}, {"is_causal": True}, {"window": (3, 2)}, {"scale": 0.2}],
+                         ids=["plain", "causal", "window", "scale"])
+def test_functional(backend, kw):
+    q, k, v = (torch.randn(2, 3, 17, 16) for _ in range(3))
+    check(backend, q, k, v, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_attention_gqa_masks_and_layouts(backend):
+    q = torch.randn(2, 4, 9, 24)
+    k, v = (torch.randn(2, 2, 13, 24) for _ in range(2))
+    pad = torch.ones(2, 1, 1, 13, dtype=torch.bool)
+    pad[1, ..., 10:] = False
+    check(backend, q, k, v, attn_mask=pad, enable_gqa=True)
+    check(backend, q, k, v, attn_mask=torch.randn(9, 13), enable_gqa=True)
+    # (B, L, H, E) -> (B, H, L, E): the usual transposed, non-contiguous layout; 3-D inputs.
+    x = torch.randn(2, 11, 3, 16)
+    check(backend, x.transpose(1, 2), x.transpose(1, 2), x.transpose(1, 2), is_causal=True)
+    check(backend, *(torch.randn(3, 7, 16) for _ in range(3)))
+
+
+def test_cpu_default_falls_back_to_reference_with_a_warning():
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, TF.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k[..., :8], v), ValueError, "head dim"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v[..., :8]), NotImplementedError,
+     "head dim"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q.long(), k, v), TypeError, "query"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k.double(), v), TypeError, "dtype"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k.to("meta"), v), ValueError, "device"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(3, 5, 5)),
+     ValueError, "attn_mask"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(5, 5).int()),
+     TypeError, "attn_mask"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1),
+     NotImplementedError, "dropout"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                    attn_mask=torch.ones(5, 5, dtype=bool)),
+     ValueError, "either"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, window=(-1, 2)), ValueError,
+     "window"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k[:, :1], v[:, :1]), ValueError,
+     "enable_gqa"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0]), ValueError,
+     "3 dims"),
+])
+def test_bad_input(call, exc, words):
+    q, k, v = (torch.randn(2, 2, 5, 16) for _ in range(3))
+    with pytest.raises(exc, match=words):
+        call(q, k, v)
+
+
+def test_fake_kernels_match_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q, k, v = torch.empty(2, 4, 9, 32), torch.empty(2, 2, 13, 32), torch.empty(2, 2, 13, 32)
+        out, lse = torch.ops.leedl_fast.attention_fwd(q, k, v, None, 0.1, False, -1, -1)
+        assert out.shape == q.shape and lse.shape == (2, 4, 9) and lse.dtype == torch.float32
+        dq, dk, dv = torch.ops.leedl_fast.attention_bwd(out, q, k, v, out, lse, None, 0.1,
+                                                        False, -1, -1)
+        assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
