@@ -6,9 +6,9 @@ key length is min(Lk, w + 1). Minimum bytes: read Q, K, V, write O (and the LSE)
 the backward also reads O, dO and writes dQ, dK, dV. At D = 128 and L >= 1k the op is
 compute-bound on an H100, so TFLOP/s is the column to read.
 
-Until the attention op glue lands (issue 3), leedl_fast's candidate calls the kernels through a
-small autograd.Function here (kernels.attention_fwd / attention_bwd); on CPU there is nothing to
-time yet (the Triton kernels run only under the interpreter there), so CPU runs get no cases.
+leedl_fast's candidate is leedl_fast.functional.scaled_dot_product_attention (Triton on CUDA
+tensors). On CPU there is nothing of leedl_fast's to time yet: the C++ CPU kernel is not built
+(issue 3), so CPU runs get no cases.
 
 Baseline ("torch eager" column): torch SDPA with the backends torch picks for the case (flash on
 an H100 for bf16 without a mask; memory-efficient with an explicit mask).
@@ -18,35 +18,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.harness import COMPILE, EAGER, Case, step
+from bench.harness import COMPILE, EAGER, Case, step, with_backend
 
 GPU_SEQS = (512, 2048, 8192, 16384)
 TOKENS = 16384  # batch x sequence held constant: B = TOKENS // L
 HEADS = {64: 32, 128: 16}  # head dim -> heads (a 2048-wide model)
 WINDOW = 256
 WINDOW_SEQ = 8192
-
-
-class _TritonAttention(torch.autograd.Function):
-    """The Triton kernels with autograd, for timing (the real op glue is issue 3's next step)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, is_causal, window):
-        from leedl_fast.kernels import attention as kernels
-
-        out, lse = kernels.attention_fwd(q, k, v, is_causal=is_causal, window=window)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.is_causal, ctx.window = is_causal, window
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        from leedl_fast.kernels import attention as kernels
-
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = kernels.attention_bwd(do, q, k, v, out, lse, is_causal=ctx.is_causal,
-                                           window=ctx.window)
-        return dq, dk, dv, None, None
 
 
 def _flops(b, h, lq, lk, d, mode, is_causal, window):
@@ -58,6 +36,8 @@ def _flops(b, h, lq, lk, d, mode, is_causal, window):
 
 def _builder(b, h, l, d, dtype, mode, is_causal, window):
     def build():
+        import leedl_fast.functional as LF
+
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dtype, generator=gen)
                    for _ in range(3))
@@ -79,10 +59,12 @@ def _builder(b, h, l, d, dtype, mode, is_causal, window):
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
         def leedl(q, k, v):
-            return _TritonAttention.apply(q, k, v, is_causal, window)
+            return LF.scaled_dot_product_attention(q, k, v, is_causal=is_causal and not window,
+                                                   window=window)
 
         fns = {EAGER: step(torch_sdpa, (q, k, v), mode, leaves, grads),
-               "leedl_fast:triton": step(leedl, (q, k, v), mode, leaves, grads)}
+               "leedl_fast:triton": with_backend(step(leedl, (q, k, v), mode, leaves, grads),
+                                                 "triton")}
         if l <= 2048:  # the textbook's matmul-softmax-matmul, compiled (L^2 memory beyond)
             def naive(q, k, v):
                 s = (q @ k.transpose(-2, -1)) * d ** -0.5
