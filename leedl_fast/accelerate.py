@@ -11,6 +11,8 @@ from . import nn as lf_nn
 SWAPS = {
     torch.nn.LayerNorm: lf_nn.LayerNorm,
     torch.nn.RMSNorm: lf_nn.RMSNorm,
+    # Fused only where need_weights=False (torch's own path otherwise, same results).
+    torch.nn.MultiheadAttention: lf_nn.MultiheadAttention,
 }
 
 

@@ -1,4 +1,5 @@
 """Drop-in modules: same constructor arguments, attributes and state_dict keys as torch.nn."""
+from .attention import MultiheadAttention
 from .normalization import LayerNorm, RMSNorm
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "MultiheadAttention", "RMSNorm"]
