@@ -3,7 +3,8 @@
 
     cpu        the C++ kernels (csrc/cpu), CPU tensors; the default there
     triton     the Triton kernels (kernels/), CUDA tensors; also CPU tensors under the Triton
-               interpreter (TRITON_INTERPRET=1, set before triton is imported) -- for tests
+               interpreter (enabled in the environment before triton is imported, as
+               tests/conftest.py does) -- for tests
     cuda       the CUDA C++ kernels (csrc/cuda) where a family has them, CUDA tensors
     reference  the readable pure-PyTorch versions (leedl_fast.reference), any device
 
@@ -13,7 +14,6 @@ the default backend again; run forward and backward inside the block to pin both
 import contextlib
 import functools
 import importlib.util
-import os
 
 BACKENDS = ("cpu", "triton", "cuda", "reference")
 _forced = []  # a stack: nested `with backend(...)` blocks
@@ -42,7 +42,12 @@ def has_triton():
 
 
 def triton_interpreted():
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether Triton runs kernels in its interpreter (the only way it runs CPU tensors)."""
+    if not has_triton():
+        return False
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)
 
 
 @functools.lru_cache(None)

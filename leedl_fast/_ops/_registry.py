@@ -68,7 +68,8 @@ def register_autograd(op, setup_context, backward):
 def _pick_direct_impl(op):
     if _backend.forced_backend() == "triton" and not _backend.triton_interpreted():
         raise RuntimeError(f"leedl_fast.{op}: backend 'triton' on CPU tensors needs the Triton "
-                           "interpreter: set TRITON_INTERPRET=1 before triton is imported")
+                           "interpreter, enabled in the environment before triton is imported "
+                           "(as tests/conftest.py does)")
     return _pick_gpu_impl(op, op)
 
 
