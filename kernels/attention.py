@@ -44,7 +44,7 @@ def _masked_scores(s, MASK, offs_m, offs_n, smm, smn, LQ, LK, MASK_KIND: tl.cons
     """Apply attn_mask to a tile of scores (log2 units): MASK_KIND 1 = boolean (nonzero = may
     attend; others -> -inf), 2 = additive (added, times log2 e), 0 = no mask."""
     if MASK_KIND != 0:
-        ptrs = MASK + offs_m[:, None] * smm + offs_n[None, :] * smn
+        ptrs = MASK + offs_m.to(tl.int64)[:, None] * smm + offs_n.to(tl.int64)[None, :] * smn
         inside = (offs_m[:, None] < LQ) & (offs_n[None, :] < LK)
         if MASK_KIND == 1:
             s = tl.where(tl.load(ptrs, mask=inside, other=0) != 0, s, float("-inf"))
@@ -75,7 +75,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE, MASK,
                     H, GROUP, LQ, LK, qk_scale, LEFT, RIGHT,
                     HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                    MASK_KIND: tl.constexpr):
+                    MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -89,9 +89,10 @@ def attn_fwd_kernel(Q, K, V, O, LSE, MASK,
     MASK += b.to(tl.int64) * sm_b + h.to(tl.int64) * sm_h  # broadcast dims have stride 0
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_m = offs_m.to(tl.int64)  # row * stride can pass 2**31 (strided layouts, long rows)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_D
-    q = tl.load(Q + offs_m[:, None] * sq_m + offs_d[None, :],
+    q = tl.load(Q + rows_m[:, None] * sq_m + offs_d[None, :],
                 mask=(offs_m[:, None] < LQ) & d_ok[None, :], other=0.0)
 
     # Key range any query of this block can see; tiles outside it are skipped entirely.
@@ -104,9 +105,10 @@ def attn_fwd_kernel(Q, K, V, O, LSE, MASK,
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_ok = offs_n < LK
-        k = tl.load(K + offs_n[:, None] * sk_n + offs_d[None, :],
+        rows_n = offs_n.to(tl.int64)
+        k = tl.load(K + rows_n[:, None] * sk_n + offs_d[None, :],
                     mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 units
         s = _masked_scores(s, MASK, offs_m, offs_n, sm_m, sm_n, LQ, LK, MASK_KIND)
         visible = kv_ok[None, :]
         if HAS_LEFT:
@@ -120,16 +122,16 @@ def attn_fwd_kernel(Q, K, V, O, LSE, MASK,
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + offs_n[:, None] * sv_n + offs_d[None, :],
+        v = tl.load(V + rows_n[:, None] * sv_n + offs_d[None, :],
                     mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN2, float("inf"))
     m_ok = offs_m < LQ
-    tl.store(O + offs_m[:, None] * so_m + offs_d[None, :], out.to(O.dtype.element_ty),
+    tl.store(O + rows_m[:, None] * so_m + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=m_ok[:, None] & d_ok[None, :])
     tl.store(LSE + offs_m, lse, mask=m_ok)
 
@@ -178,13 +180,13 @@ def _bwd_bases(bh, H, GROUP, LQ, LK, HEAD_D: tl.constexpr):
 @triton.jit
 def _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK, LEFT, RIGHT,
                     MASK, sm_m, sm_n, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                    MASK_KIND: tl.constexpr):
+                    MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One (query tile, key tile): P from the saved LSE, and dS = P * (dO V^T - delta)."""
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     s = _masked_scores(s, MASK, offs_m, offs_n, sm_m, sm_n, LQ, LK, MASK_KIND)
     p = tl.math.exp2(s - lse[:, None] * LOG2E_C)
     p = tl.where(_visible(offs_m, offs_n, LQ, LK, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT), p, 0.0)
-    dp = tl.dot(do, tl.trans(v))
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     return p, p * (dp - delta[:, None])
 
 
@@ -193,7 +195,8 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, sm_b, sm_h, sm_m
                          H, GROUP, LQ, LK, qk_scale, sm_scale,
                          LEFT, RIGHT, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr,
-                         HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr):
+                         HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr):
     """dK, dV of one key block for one query head (GQA: the launcher sums the group's heads).
     All tensors contiguous: Q/DO (B, Hq, Lq, D), K/V (B, Hk, Lk, D), DK/DV (B, Hq, Lk, D),
     LSE/DELTA (B, Hq, Lq). With P recomputed from the LSE:
@@ -224,9 +227,10 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, sm_b, sm_h, sm_m
         lse = tl.load(LSE + stat_base + offs_m, mask=offs_m < LQ, other=float("inf"))
         delta = tl.load(DELTA + stat_base + offs_m, mask=offs_m < LQ, other=0.0)
         p, ds = _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK,
-                                LEFT, RIGHT, MASK, sm_m, sm_n, HAS_LEFT, HAS_RIGHT, MASK_KIND)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+                                LEFT, RIGHT, MASK, sm_m, sm_n, HAS_LEFT, HAS_RIGHT, MASK_KIND,
+                                DOT_PRECISION)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
     out = (bh.to(tl.int64) * LK * HEAD_D) + offs_n[:, None] * HEAD_D + offs_d[None, :]
     kv_mask = (offs_n[:, None] < LK) & (offs_d[None, :] < HEAD_D)
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
@@ -238,7 +242,8 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, sm_b, sm_h, sm_m, sm_n
                        H, GROUP, LQ, LK, qk_scale, sm_scale,
                        LEFT, RIGHT, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr,
-                       HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr):
+                       HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
+                       DOT_PRECISION: tl.constexpr):
     """dQ of one query block: dQ = dS K * scale, walking the same key tiles as the forward."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -257,8 +262,9 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, sm_b, sm_h, sm_m, sm_n
         k = _load_rows(K + kv_base, offs_n, offs_d, LK, HEAD_D)
         v = _load_rows(V + kv_base, offs_n, offs_d, LK, HEAD_D)
         _, ds = _recompute_p_ds(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, LQ, LK,
-                                LEFT, RIGHT, MASK, sm_m, sm_n, HAS_LEFT, HAS_RIGHT, MASK_KIND)
-        dq += tl.dot(ds.to(k.dtype), k)
+                                LEFT, RIGHT, MASK, sm_m, sm_n, HAS_LEFT, HAS_RIGHT, MASK_KIND,
+                                DOT_PRECISION)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     q_mask = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_D)
     tl.store(DQ + q_base + offs_m[:, None] * HEAD_D + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
@@ -266,16 +272,24 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, sm_b, sm_h, sm_m, sm_n
 
 # ----------------------------------------------------------------------------- launch helpers
 
-def fwd_config(head_dim, is_cuda=True):
+def fwd_config(head_dim, is_cuda=True, dtype=torch.bfloat16):
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) of the forward for a head dim."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     if not is_cuda:
         return 16, 16, block_d, 4, 1  # the interpreter: small tiles run fastest
+    if dtype == torch.float32:  # full-precision fp32 dots (no tensor cores): small tiles
+        return 32, 32, block_d, 4, 1
     if block_d <= 64:
         return 128, 64, block_d, 4, 3
     if block_d <= 128:
         return 128, 64, block_d, 8, 3
     return 64, 32, block_d, 8, 2
+
+
+def dot_precision(dtype):
+    """fp32 inputs keep full precision ("ieee"): Triton's default on NVIDIA is TF32, ~1e-3
+    relative error, far from what torch's fp32 attention gives. 16-bit inputs are unaffected."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def window_bounds(is_causal, window):
@@ -310,7 +324,7 @@ def attention_fwd(q, k, v, scale=None, is_causal=False, window=None, attn_mask=N
         lse.fill_(float("inf"))
         return out, lse
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    block_m, block_n, block_d, warps, stages = fwd_config(d, q.is_cuda)
+    block_m, block_n, block_d, warps, stages = fwd_config(d, q.is_cuda, q.dtype)
     has_left, left, has_right, right = window_bounds(is_causal, window)
     mask, mask_strides, mask_kind = mask_args(attn_mask, b, hq, lq, lk, q)
     grid = (triton.cdiv(lq, block_m), b * hq)
@@ -320,8 +334,8 @@ def attention_fwd(q, k, v, scale=None, is_causal=False, window=None, attn_mask=N
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         *mask_strides, hq, hq // hk, lq, lk, scale * LOG2E, left, right,
         HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind, num_warps=warps,
-        num_stages=stages)
+        HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind,
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages)
     return out, lse
 
 
@@ -337,7 +351,7 @@ def bwd_config(head_dim, is_cuda=True, dtype=torch.bfloat16):
         return 32, 32, block_d, 4, 1
     if block_d <= 64:
         return 64, 64, block_d, 4, 2
-    return 32, 64, block_d, 8, 2
+    return 32, 32, block_d, 4, 2
 
 
 def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=None,
@@ -363,7 +377,8 @@ def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=Non
         mask, mask_strides, mask_kind = mask_args(attn_mask, b, hq, lq, lk, q)
         common = dict(HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
                       HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind,
-                      num_warps=warps, num_stages=stages)
+                      DOT_PRECISION=dot_precision(q.dtype), num_warps=warps,
+                      num_stages=stages)
         args = (mask, *mask_strides, hq, hq // hk, lq, lk, scale * LOG2E, scale, left, right)
         attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hq)](
             q, k, v, do, lse, delta, dk_heads, dv_heads, *args, **common)

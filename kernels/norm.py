@@ -25,6 +25,8 @@ Pointer arguments (all contiguous, rows of width N):
     DW_PART, DB_PART                 : (P, N) fp32/fp64 per-program partial column sums
 Absent optional pointers are passed a dummy tensor and never touched (HAS_* flags are constexpr).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -260,7 +262,7 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
     if m == 0:
         return y, res_out, mean, rstd
     if n == 0:
-        rstd.fill_(1.0 / eps ** 0.5)
+        rstd.fill_(math.inf if eps == 0 else eps ** -0.5)  # zero-width rows: variance 0
         if mean is not None:
             mean.zero_()
         return y, res_out, mean, rstd

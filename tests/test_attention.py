@@ -88,6 +88,8 @@ def test_cpu_default_falls_back_to_reference_with_a_warning():
      "enable_gqa"),
     (lambda q, k, v: F.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0]), ValueError,
      "3 dims"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q[0], k[0, :1], v[0, :1]), ValueError,
+     "batch"),
 ])
 def test_bad_input(call, exc, words):
     q, k, v = (torch.randn(2, 2, 5, 16) for _ in range(3))
@@ -132,3 +134,20 @@ def test_gpu_against_reference(dtype, kw, d):
         torch_err = (t.double() - w).abs().max().item()
         floor = torch.finfo(dtype).eps * w.abs().max().item()
         assert ours_err <= (2 if i == 0 else 3) * torch_err + floor, (i, ours_err, torch_err)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs(backend):
+    q, k, v = (torch.randn(2, 2, 0, 16) for _ in range(3))
+    with leedl_fast.backend(backend):
+        out = F.scaled_dot_product_attention(q, k, v)
+    assert out.shape == q.shape
+
+
+def test_fake_outputs_are_contiguous_like_the_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 7, 3, 16).transpose(1, 2)  # (B, H, L, D) view of (B, L, H, D)
+        out, _ = torch.ops.leedl_fast.attention_fwd(q, q, q, None, 0.25, False, -1, -1)
+        assert out.is_contiguous()

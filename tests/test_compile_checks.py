@@ -162,7 +162,10 @@ def _resolve_attention(mod, kernel, dtype, head_dim, flags):
         return sig, dict(HEAD_D=head_dim, BLOCK_M=64, BLOCK_D=block_d), 4, ["O", "DO", "DELTA"]
     if kernel != "attn_fwd_kernel":
         return _resolve_attention_bwd(mod, kernel, t, head_dim, flags)
-    block_m, block_n, block_d, warps, stages = mod.fwd_config(head_dim, is_cuda=True)
+    import torch
+
+    dtype = {"*fp16": torch.float16, "*bf16": torch.bfloat16, "*fp32": torch.float32}[t]
+    block_m, block_n, block_d, warps, stages = mod.fwd_config(head_dim, True, dtype)
     left, right = ATTN_FLAGS[flags]
     has_left, _, has_right, _ = mod.window_bounds(False, (left, right))
     mask_type, mask_kind = ATTN_MASK.get(flags, (t, 0))
@@ -173,7 +176,8 @@ def _resolve_attention(mod, kernel, dtype, head_dim, flags):
             "RIGHT")
     sig.update({a: "i32" for a in ints})
     consts = dict(HEAD_D=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                  HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind)
+                  HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind,
+                  DOT_PRECISION="ieee" if t == "*fp32" else "tf32")
     strides = ["sq_b", "sq_h", "sq_m", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b",
                "so_h", "so_m"] if head_dim % 16 == 0 else []
     return sig, consts, {"num_warps": warps, "num_stages": stages}, \
@@ -194,7 +198,8 @@ def _resolve_attention_bwd(mod, kernel, t, head_dim, flags):
     sig.update({a: "i32" for a in ("sm_b", "sm_h", "sm_m", "sm_n", "H", "GROUP", "LQ", "LK",
                                    "LEFT", "RIGHT")})
     consts = dict(HEAD_D=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                  HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind)
+                  HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind,
+                  DOT_PRECISION="ieee" if t == "*fp32" else "tf32")
     return sig, consts, {"num_warps": warps, "num_stages": stages}, ptrs
 
 

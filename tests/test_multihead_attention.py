@@ -41,6 +41,15 @@ def test_self_attention_with_masks(backend, batch_first):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_causal_hint_with_different_lengths_follows_the_mask(backend):
+    # torch aligns is_causal top-left when Lq != Lk; the module must then use the given mask.
+    ours, theirs = pair(batch_first=True)
+    q, kv = torch.randn(2, 4, 32), torch.randn(2, 6, 32)
+    top_left = torch.ones(4, 6, dtype=torch.bool).triu(1)
+    compare(ours, theirs, backend, q, kv, kv, attn_mask=top_left, is_causal=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_cross_attention_kdim_vdim_and_unbatched(backend):
     ours, theirs = pair(kdim=24, vdim=20, batch_first=True)
     q, k, v = torch.randn(2, 5, 32), torch.randn(2, 11, 24), torch.randn(2, 11, 20)

@@ -185,6 +185,17 @@ def test_empty_batch(op, backend):
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
+def test_strided_weight_and_zero_width_rows(backend):
+    x = torch.randn(5, 8)
+    w, b = torch.randn(16)[::2], torch.randn(24)[::3]  # non-contiguous parameter views
+    with leedl_fast.backend(backend):
+        y = F.layer_norm(x, (8,), w, b)
+        empty = F.rms_norm(torch.randn(4, 0), (0,), eps=0.0)  # eps 0 and no columns
+    torch.testing.assert_close(y, TF.layer_norm(x, (8,), w, b), atol=1e-5, rtol=1e-5)
+    assert empty.shape == (4, 0)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
 def test_no_weight_no_bias(backend):
     x = torch.randn(4, 50, requires_grad=True)
     with leedl_fast.backend(backend):

@@ -28,14 +28,20 @@ def _window(left, right):
 
 # ------------------------------------------------------------------------------ fake kernels
 
+# The kernels return contiguous tensors whatever the inputs' layout: the fakes must say so too
+# (empty_like would copy a transposed q's strides and mislead torch.compile).
+def _dense(t):
+    return t.new_empty(t.shape)
+
+
 @torch.library.register_fake("leedl_fast::attention_fwd")
 def _(q, k, v, attn_mask, scale, is_causal, window_left, window_right):
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return _dense(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.register_fake("leedl_fast::attention_bwd")
 def _(dout, q, k, v, out, lse, attn_mask, scale, is_causal, window_left, window_right):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return _dense(q), _dense(k), _dense(v)
 
 
 # ------------------------------------------------------------------ GPU kernels (Triton)
@@ -120,9 +126,11 @@ def _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
     if key.shape[:-1] != value.shape[:-1]:
         raise ValueError(f"{name}: key {list(key.shape)} and value {list(value.shape)} must "
                          "agree in every dim but the last")
-    if query.shape[:-3] != key.shape[:-3]:
-        raise ValueError(f"{name}: batch dims of query {list(query.shape[:-3])} and key "
-                         f"{list(key.shape[:-3])} differ")
+    # Every dim but (L, E) must agree, except the head dim (-3 of a 4-D+ input) under GQA.
+    batch = -2 if query.dim() == 3 else -3
+    if query.shape[:batch] != key.shape[:batch]:
+        raise ValueError(f"{name}: batch dims of query {list(query.shape[:batch])} and key "
+                         f"{list(key.shape[:batch])} differ")
     if query.dim() >= 4 and query.shape[-3] != key.shape[-3]:
         if not enable_gqa or query.shape[-3] % key.shape[-3]:
             raise ValueError(f"{name}: {query.shape[-3]} query heads vs {key.shape[-3]} key "
@@ -160,7 +168,9 @@ def _as_4d(t):
     """(..., H, L, E) -> (B, H, L, E) view; 3-D input is one head."""
     if t.dim() == 3:
         return t.unsqueeze(1)
-    return t.reshape(-1, *t.shape[-3:])
+    if t.dim() == 4:
+        return t
+    return t.reshape(math.prod(t.shape[:-3]), *t.shape[-3:])
 
 
 _warned_cpu_fallback = []

@@ -186,7 +186,9 @@ def _check_param(name, pname, p, shape, x):
     if p.dim() != 1:
         p = p.reshape(-1)
     # Differentiable cast: a float32 weight with bfloat16 input gets its gradient in float32.
-    return p if p.dtype == x.dtype else p.to(x.dtype)
+    # Contiguous: the kernels index weight/bias as dense vectors (a strided view would be read
+    # wrong by the Triton kernels).
+    return (p if p.dtype == x.dtype else p.to(x.dtype)).contiguous()
 
 
 def _as_rows(name, input, normalized_shape, residual=None):

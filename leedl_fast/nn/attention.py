@@ -59,9 +59,10 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         k = torch_F.linear(key, w_k, b_k).view(lk, b, h, d).permute(1, 2, 0, 3)
         v = torch_F.linear(value, w_v, b_v).view(lk, b, h, d).permute(1, 2, 0, 3)
 
-        if is_causal and key_padding_mask is None:
+        if is_causal and key_padding_mask is None and lq == lk:
             # attn_mask is the causal mask (torch's contract for the is_causal hint): use the
-            # kernel's causal tile skipping instead of reading the mask.
+            # kernel's causal tile skipping instead of reading the mask. Only for Lq == Lk,
+            # where torch's top-left and leedl_fast's bottom-right alignments agree.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self._finish(out, lq, b, e, batched)
         mask = _as_additive(attn_mask, q.dtype)
