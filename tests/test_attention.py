@@ -151,3 +151,21 @@ def test_fake_outputs_are_contiguous_like_the_kernels():
         q = torch.empty(2, 7, 3, 16).transpose(1, 2)  # (B, H, L, D) view of (B, L, H, D)
         out, _ = torch.ops.leedl_fast.attention_fwd(q, q, q, None, 0.25, False, -1, -1)
         assert out.is_contiguous()
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_and_compile():
+    q = torch.randn(2, 7, 4, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k, v = q.clone(), q.clone()  # transposed, non-contiguous (B, H, L, D) views
+    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), None, 0.125, True,
+                -1, -1)
+    torch.library.opcheck(torch.ops.leedl_fast.attention_fwd.default, fwd_args)
+    out, lse = torch.ops.leedl_fast.attention_fwd(*fwd_args)
+    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(),
+                lse.detach(), None, 0.125, True, -1, -1)
+    torch.library.opcheck(torch.ops.leedl_fast.attention_bwd.default, bwd_args)
+    mha = leedl_fast.nn.MultiheadAttention(64, 4, batch_first=True).cuda()
+    x = torch.randn(2, 33, 64, device="cuda")
+    eager, _ = mha(x, x, x, need_weights=False)
+    compiled, _ = torch.compile(mha, fullgraph=True)(x, x, x, need_weights=False)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
