@@ -10,9 +10,9 @@ import leedl_fast
 import leedl_fast.functional as F
 from leedl_fast.reference import attention as ref
 
-from .conftest import INTERPRETED
+from .conftest import cpu_backends
 
-BACKENDS = (["triton"] if INTERPRETED else []) + ["reference"]
+BACKENDS = cpu_backends()
 
 
 def run(backend, q, k, v, **kw):
@@ -58,11 +58,14 @@ def test_cross_attention_gqa_masks_and_layouts(backend):
     check(backend, *(torch.randn(3, 7, 16) for _ in range(3)))
 
 
-def test_cpu_default_falls_back_to_reference_with_a_warning():
+def test_cpu_default_runs_the_cpp_kernel_without_warnings():
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        with leedl_fast.backend("cpu"):
+            forced = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.equal(out, forced)
     torch.testing.assert_close(out, TF.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 

@@ -5,9 +5,9 @@ import torch
 
 import leedl_fast
 
-from .conftest import INTERPRETED
+from .conftest import cpu_backends
 
-BACKENDS = (["triton"] if INTERPRETED else []) + ["reference"]
+BACKENDS = cpu_backends()
 
 
 def pair(**kw):
@@ -76,3 +76,18 @@ def test_torch_compile_fullgraph():
         compiled = torch.compile(ours, fullgraph=True)
         out, _ = compiled(x, x, x, need_weights=False)
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_fullgraph_cpp_kernel_forward_and_backward():
+    """The default CPU path (the C++ kernels) under torch.compile(fullgraph=True), with grads."""
+    ours, _ = pair(batch_first=True)
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    mask = torch.rand(8, 8) > 0.3
+    eager, _ = ours(x, x, x, need_weights=False, attn_mask=mask)
+    g_eager = torch.autograd.grad(eager.sum(), [x, *ours.parameters()])
+    compiled = torch.compile(ours, fullgraph=True)
+    out, _ = compiled(x, x, x, need_weights=False, attn_mask=mask)
+    g_out = torch.autograd.grad(out.sum(), [x, *ours.parameters()])
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_out, g_eager):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

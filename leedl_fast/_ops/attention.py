@@ -1,13 +1,11 @@
 """Glue for the attention family (schemas: csrc/ops.cpp; math: docs/attention.md).
 
-Registers the fake, CUDA-device (Triton) and autograd kernels of attention_fwd/attention_bwd, and
-validates user input once in `scaled_dot_product_attention` (torch's signature plus `window`).
-The C++ CPU kernel is not built yet (issue 3): CPU tensors run the reference implementation,
-with a warning, unless a backend is forced.
+Registers the fake, CUDA-device (Triton) and autograd kernels of attention_fwd/attention_bwd (the
+CPU kernels are C++: csrc/cpu/attention.cpp), and validates user input once in
+`scaled_dot_product_attention` (torch's signature plus `window`).
 """
 import math
 import numbers
-import warnings
 
 import torch
 
@@ -34,9 +32,14 @@ def _dense(t):
     return t.new_empty(t.shape)
 
 
+def lse_dtype(dtype):
+    """The log-sum-exp is kept in the accumulation type: fp64 for fp64 inputs, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @torch.library.register_fake("leedl_fast::attention_fwd")
 def _(q, k, v, attn_mask, scale, is_causal, window_left, window_right):
-    return _dense(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return _dense(q), q.new_empty(q.shape[:-1], dtype=lse_dtype(q.dtype))
 
 
 @torch.library.register_fake("leedl_fast::attention_bwd")
@@ -46,13 +49,24 @@ def _(dout, q, k, v, out, lse, attn_mask, scale, is_causal, window_left, window_
 
 # ------------------------------------------------------------------ GPU kernels (Triton)
 
+def _check_triton(q):
+    if q.dtype == torch.float64:
+        raise TypeError("scaled_dot_product_attention: the Triton kernels take fp16, bf16 and "
+                        "fp32; float64 runs on the CPU kernel or the reference")
+    if q.shape[-1] > 256:
+        raise NotImplementedError("scaled_dot_product_attention: the Triton kernels take head "
+                                  f"dims up to 256, got {q.shape[-1]}")
+
+
 def _triton_attention_fwd(q, k, v, attn_mask, scale, is_causal, window_left, window_right):
+    _check_triton(q)
     return _kernels().attention_fwd(q, k, v, scale, is_causal,
                                     _window(window_left, window_right), attn_mask)
 
 
 def _triton_attention_bwd(dout, q, k, v, out, lse, attn_mask, scale, is_causal, window_left,
                           window_right):
+    _check_triton(q)
     return _kernels().attention_bwd(dout, q, k, v, out, lse, scale, is_causal,
                                     _window(window_left, window_right), attn_mask)
 
@@ -173,28 +187,21 @@ def _as_4d(t):
     return t.reshape(math.prod(t.shape[:-3]), *t.shape[-3:])
 
 
-_warned_cpu_fallback = []
-
-
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, *, window=None):
     wl, wr = _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                        window)
-    forced = _backend.forced_backend()
-    on_cpu_default = query.device.type == "cpu" and forced in (None, "cpu")
-    if forced == "reference" or on_cpu_default:
-        if on_cpu_default and not _warned_cpu_fallback:
-            _warned_cpu_fallback.append(True)
-            warnings.warn("leedl_fast: the C++ CPU attention kernel is not built yet; CPU "
-                          "tensors run the reference implementation", stacklevel=2)
+    if _backend.forced_backend() == "reference":
         return reference.scaled_dot_product_attention(
             query, key, value, attn_mask, 0.0, is_causal, scale, enable_gqa,
             window=None if window is None else _window(wl, wr))
     q, k, v = _as_4d(query), _as_4d(key), _as_4d(value)
-    if q.shape[-1] > 256:
-        raise NotImplementedError("scaled_dot_product_attention: head dims up to 256")
     mask = None
     if attn_mask is not None:  # a stride-0 view of the mask at (B, Hq, Lq, Lk): no copy
+        if attn_mask.is_floating_point() and query.device.type == "cpu":
+            # The C++ kernel reads an additive mask in its compute type: convert the small
+            # user tensor here, before the broadcast (converting the view would materialize it).
+            attn_mask = attn_mask.to(lse_dtype(query.dtype))
         full = attn_mask.expand(*query.shape[:-1], key.shape[-2])
         mask = full.unsqueeze(1) if query.dim() == 3 else \
             full.reshape(q.shape[0], q.shape[1], *full.shape[-2:])
