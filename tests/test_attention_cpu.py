@@ -245,3 +245,14 @@ def test_default_backend_matches_reference_backend_through_functional():
     with leedl_fast.backend("reference"):
         want = F.scaled_dot_product_attention(q, k, v, window=(5, 5))
     torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("lk", [1, 40])
+def test_inputs_are_left_untouched(lk):
+    """(A length-1 K transposes to a view of itself: the kernel must not scale it in place.)"""
+    q, k, v = torch.randn(2, 2, 5, 16), torch.randn(2, 2, lk, 16), torch.randn(2, 2, lk, 16)
+    saved = [t.clone() for t in (q, k, v)]
+    out, lse = fwd_op(q, k, v, None, 0.3, False, -1, -1)
+    bwd_op(torch.ones_like(out), q, k, v, out, lse, None, 0.3, False, -1, -1)
+    for t, s in zip((q, k, v), saved):
+        assert torch.equal(t, s)

@@ -2,24 +2,28 @@
 // The math (online softmax, the backward from the saved log-sum-exp) is derived in
 // docs/attention.md; the Triton kernels in kernels/attention.py run the same algorithm on a GPU.
 //
-// Forward, one task per (batch, query head, block of block_q queries), spread over the threads
-// with at::parallel_for. A task streams the keys it may see in tiles of kBlockK:
+// Forward, one task per (batch, query head, block of queries), spread over the threads with
+// at::parallel_for. A task streams the keys it may see in tiles of kBlockK:
 //
-//     S   = scale * Q_blk K_tile^T                      (BLAS, block_q x kBlockK, in L2)
-//     per row: mask, m_new = max(m, rowmax S), P = exp(S - m_new), l = l * e^(m - m_new) + sum P,
-//              acc *= e^(m - m_new)
-//     acc += P V_tile                                   (BLAS)
+//     S   = Q_blk (c K^T)_tile                       (tile product: block_q x kBlockK, in L2)
+//     per row: mask, m_new = max(m, rowmax S), P = 2^(S - m_new), l = l 2^(m - m_new) + sum P,
+//              acc *= 2^(m - m_new)
+//     acc += P V_tile                                 (tile product)
 //
-// and ends with out = acc / l, lse = m + log l. The L x L matrix never exists: a thread holds one
-// block_q x kBlockK score tile. Keys a query block cannot see (causal, sliding window) are never
-// touched: the key loop runs over the union of the block's visible ranges, which for a window w
-// is w + block_q keys instead of L. This is where the window speed comes from.
+// and ends with out = acc / l, lse = (m + log2 l) ln 2. K is transposed and scaled by
+// c = scale * log2(e) once per call, so the scores come out in log2 units and every exponential
+// is a cheap 2^x (see exp2_nonpositive). The L x L matrix never exists: a thread holds one score
+// tile. Keys a query block cannot see (causal, sliding window) are never touched: the key loop
+// runs over the union of the block's visible ranges, which for a window w is w + block_q keys
+// instead of L. This is where the window speed comes from.
 //
 // Backward, one task per (batch, key/value head): for each query head sharing it (GQA) and each
 // query block, recompute P = exp(S - lse) tile by tile and accumulate
 //     dV += P^T dO,  dP = dO V^T,  dS = P * (dP - delta),  dQ += scale dS K,  dK += scale dS^T Q
-// with delta = rowsum(dO * O). A task owns its dK/dV rows and its queries' dQ rows, so threads
-// never write the same memory (no atomics, deterministic).
+// with delta = rowsum(dO * O). The tiles are kept transposed (keys x queries: S^T = K Q^T), so
+// that every product is a plain row-major A B with no transposed operand: the tile products are
+// oneDNN's batch-reduce GEMM (blas.h), which takes none. A task owns its dK/dV rows and its
+// queries' dQ rows, so threads never write the same memory (no atomics, deterministic).
 //
 // Precision: fp32 inputs compute in fp32, fp64 in fp64 (gradcheck); fp16/bf16 are widened to
 // fp32 once up front (the tile products need a BLAS type) and the outputs narrowed at the end.
@@ -69,6 +73,13 @@ struct Geometry {
   int64_t last_key(int64_t i) const {  // < first_key(i) when query i sees nothing
     return right < 0 ? Lk - 1 : std::min<int64_t>(Lk - 1, i + (Lk - Lq) + right);
   }
+  // The same rule read along a key's column: the queries that see key j.
+  int64_t first_query(int64_t j) const {
+    return right < 0 ? 0 : std::max<int64_t>(0, j - (Lk - Lq) - right);
+  }
+  int64_t last_query(int64_t j) const {
+    return left < 0 ? Lq - 1 : std::min<int64_t>(Lq - 1, j - (Lk - Lq) + left);
+  }
 };
 
 // A (B, H, L, D) operand: the last dim contiguous, row stride ld >= D (the glue makes it so).
@@ -94,22 +105,26 @@ struct Mask {
   const T* add = nullptr;
   int64_t sb = 0, sh = 0, si = 0, sj = 0;
 
-  // Applies the mask to scores s[0..n) of query i against keys j0..j0+n; the scores are in
-  // log2 units, so additive values are multiplied by log2(e).
-  void apply(T* s, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n) const {
+  int64_t offset(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    return b * sb + h * sh + i * si + j * sj;
+  }
+
+  // Applies the mask to a run of n scores whose mask entries start at `offset` and lie `step`
+  // apart (sj along a query's keys, si along a key's queries). The scores are in log2 units,
+  // so additive values are multiplied by log2(e).
+  void apply(T* s, int64_t offset, int64_t step, int64_t n) const {
     constexpr T kLog2e = T(1.4426950408889634);
     if (kind == kNone) return;
-    const int64_t base = b * sb + h * sh + i * si + j0 * sj;
     if (kind == kKeep) {
-      const bool* k = keep + base;
-      for (int64_t j = 0; j < n; ++j)
-        if (!k[j * sj]) s[j] = kNegInf<T>;
-    } else if (sj == 1) {  // the common layout: a contiguous row, vectorized by the compiler
-      const T* a = add + base;
-      for (int64_t j = 0; j < n; ++j) s[j] += kLog2e * a[j];
+      const bool* k = keep + offset;
+      for (int64_t x = 0; x < n; ++x)
+        if (!k[x * step]) s[x] = kNegInf<T>;
+    } else if (step == 1) {  // the common layout: a contiguous run, vectorized by the compiler
+      const T* a = add + offset;
+      for (int64_t x = 0; x < n; ++x) s[x] += kLog2e * a[x];
     } else {
-      const T* a = add + base;
-      for (int64_t j = 0; j < n; ++j) s[j] += kLog2e * a[j * sj];
+      const T* a = add + offset;
+      for (int64_t x = 0; x < n; ++x) s[x] += kLog2e * a[x * step];
     }
   }
 };
@@ -180,6 +195,20 @@ inline T exp2_and_sum(T* s, int64_t n, T shift) {
   return sum;
 }
 
+// s[x] = 2^(s[x] - shift[x]) in place (every s[x] <= shift[x]; shift = +inf gives 0).
+template <typename T>
+inline void exp2_minus(T* s, const T* shift, int64_t n) {
+  int64_t x = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; x + 8 <= n; x += 8)
+      _mm256_storeu_ps(s + x, exp2_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + x),
+                                                             _mm256_loadu_ps(shift + x))));
+  }
+#endif
+  for (; x < n; ++x) s[x] = std::exp2(s[x] - shift[x]);
+}
+
 template <typename T>
 inline void scale_row(T* x, int64_t n, T factor) {
   at::vec::map([factor](Vec<T> v) { return v * Vec<T>(factor); }, x, x, n);
@@ -200,18 +229,19 @@ inline std::pair<int64_t, int64_t> visible_in_tile(const Geometry& g, int64_t i,
 
 // ---------------------------------------------------------------------------------- forward
 
+// kt: (B, Hk, D, Lk) contiguous, K transposed and scaled by scale * log2(e).
 template <typename T>
-void attention_fwd_kernel(const Geometry& g, Operand<T> q, Operand<T> k, Operand<T> v,
-                          const Mask<T>& mask, T scale, T* out, T* lse) {
+void attention_fwd_kernel(const Geometry& g, Operand<T> q, const T* kt, Operand<T> v,
+                          const Mask<T>& mask, T* out, T* lse) {
   const int64_t D = g.D, block_q = query_block(g.left);
   const int64_t n_blocks = (g.Lq + block_q - 1) / block_q;
-  const T scale_log2 = scale * T(1.4426950408889634);  // scores in log2 units: exp -> exp2
   at::parallel_for(0, g.B * g.Hq * n_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scores(block_q * kBlockK), acc(block_q * D), m(block_q), l(block_q);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % n_blocks, bh = task / n_blocks;
       const int64_t b = bh / g.Hq, h = bh % g.Hq, hk = h / g.group();
       const int64_t i0 = blk * block_q, rows = std::min(block_q, g.Lq - i0);
+      const T* kt_head = kt + (b * g.Hk + hk) * D * g.Lk;
       fill(acc.data(), rows * D, T(0));
       fill(m.data(), rows, kNegInf<T>);
       fill(l.data(), rows, T(0));
@@ -219,12 +249,12 @@ void attention_fwd_kernel(const Geometry& g, Operand<T> q, Operand<T> k, Operand
       const int64_t key_begin = g.first_key(i0), key_end = g.last_key(i0 + rows - 1) + 1;
       for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
         const int64_t cols = std::min(kBlockK, key_end - j0);
-        gemm<T>(false, true, rows, cols, D, scale_log2, q.rows(b, h, i0), q.ld, k.rows(b, hk, j0),
-                k.ld, T(0), scores.data(), kBlockK);
+        matmul(rows, cols, D, q.rows(b, h, i0), q.ld, kt_head + j0, g.Lk, scores.data(), kBlockK,
+               /*accumulate=*/false);
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores.data() + r * kBlockK;
           const auto [a, e] = visible_in_tile(g, i0 + r, j0, cols);
-          mask.apply(s + a, b, h, i0 + r, j0 + a, e - a);
+          mask.apply(s + a, mask.offset(b, h, i0 + r, j0 + a), mask.sj, e - a);
           const T tile_max = e > a ? row_max(s + a, e - a) : kNegInf<T>;
           if (tile_max == kNegInf<T>) {  // nothing visible here: P row = 0, state unchanged
             fill(s, cols, T(0));
@@ -239,8 +269,8 @@ void attention_fwd_kernel(const Geometry& g, Operand<T> q, Operand<T> k, Operand
           l[r] = l[r] * correction + sum;
           m[r] = m_new;
         }
-        gemm<T>(false, false, rows, D, cols, T(1), scores.data(), kBlockK, v.rows(b, hk, j0),
-                v.ld, T(1), acc.data(), D);
+        matmul(rows, D, cols, scores.data(), kBlockK, v.rows(b, hk, j0), v.ld, acc.data(), D,
+               /*accumulate=*/true);
       }
       T* o = out + ((b * g.Hq + h) * g.Lq + i0) * D;
       T* o_lse = lse + (b * g.Hq + h) * g.Lq + i0;
@@ -255,22 +285,37 @@ void attention_fwd_kernel(const Geometry& g, Operand<T> q, Operand<T> k, Operand
         }
       }
     }
+    matmul_release();
   });
 }
 
 // --------------------------------------------------------------------------------- backward
 
+// dst (D x rows, row stride ld) = factor * src^T, src rows x D with row stride src_ld.
+template <typename T>
+void transpose_block(const T* src, int64_t src_ld, int64_t rows, int64_t D, T factor, T* dst,
+                     int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < D; ++d) dst[d * ld + r] = factor * src[r * src_ld + d];
+}
+
+// kt: (B, Hk, D, Lk) contiguous, K transposed (unscaled). Tiles are keys x queries (see top).
 template <typename T>
 void attention_bwd_kernel(const Geometry& g, Operand<T> dout, Operand<T> q, Operand<T> k,
-                          Operand<T> v, Operand<T> out, const T* lse, const Mask<T>& mask,
-                          T scale, T* dq, T* dk, T* dv) {
+                          const T* kt, Operand<T> v, Operand<T> out, const T* lse,
+                          const Mask<T>& mask, T scale, T* dq, T* dk, T* dv) {
+  constexpr T kLog2e = T(1.4426950408889634);
   const int64_t D = g.D, block_q = query_block(g.left);
   const int64_t n_blocks = (g.Lq + block_q - 1) / block_q;
-  const T scale_log2 = scale * T(1.4426950408889634);
   at::parallel_for(0, g.B * g.Hk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> p_tile(block_q * kBlockK), ds_tile(block_q * kBlockK), delta(block_q);
+    // p_t: P^T, ds_t: dP^T then dS^T (kBlockK x block_q); q_t = scale log2(e) Q^T, do_t = dO^T,
+    // dq_t = dQ^T (D x block_q).
+    std::vector<T> p_t(kBlockK * block_q), ds_t(kBlockK * block_q);
+    std::vector<T> q_t(D * block_q), do_t(D * block_q), dq_t(D * block_q);
+    std::vector<T> delta(block_q), lse2(block_q);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / g.Hk, hk = task % g.Hk;
+      const T* kt_head = kt + (b * g.Hk + hk) * D * g.Lk;
       T* dk_rows = dk + (b * g.Hk + hk) * g.Lk * D;  // this task owns them: accumulate in place
       T* dv_rows = dv + (b * g.Hk + hk) * g.Lk * D;
       fill(dk_rows, g.Lk * D, T(0));
@@ -281,61 +326,64 @@ void attention_bwd_kernel(const Geometry& g, Operand<T> dout, Operand<T> q, Oper
           const T* q_blk = q.rows(b, h, i0);
           const T* do_blk = dout.rows(b, h, i0);
           const T* lse_blk = lse + (b * g.Hq + h) * g.Lq + i0;
-          T* dq_blk = dq + ((b * g.Hq + h) * g.Lq + i0) * D;
-          fill(dq_blk, rows * D, T(0));
-          for (int64_t r = 0; r < rows; ++r) {  // delta_i = dO_i . O_i
+          transpose_block(q_blk, q.ld, rows, D, scale * kLog2e, q_t.data(), block_q);
+          transpose_block(do_blk, dout.ld, rows, D, T(1), do_t.data(), block_q);
+          fill(dq_t.data(), D * block_q, T(0));
+          for (int64_t r = 0; r < rows; ++r) {  // delta_i = dO_i . O_i; lse in log2 units
             delta[r] = at::vec::map2_reduce_all<T>(
                 [](Vec<T> x, Vec<T> y) { return x * y; },
                 [](Vec<T> x, Vec<T> y) { return x + y; }, do_blk + r * dout.ld,
                 out.rows(b, h, i0 + r), D);
+            lse2[r] = lse_blk[r] * kLog2e;
           }
           const int64_t key_begin = g.first_key(i0), key_end = g.last_key(i0 + rows - 1) + 1;
           for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
             const int64_t cols = std::min(kBlockK, key_end - j0);
-            const T* k_tile = k.rows(b, hk, j0);
-            const T* v_tile = v.rows(b, hk, j0);
-            // P = exp(S - lse), recomputed (zero outside the visible keys and where lse = inf).
-            gemm<T>(false, true, rows, cols, D, scale_log2, q_blk, q.ld, k_tile, k.ld, T(0),
-                    p_tile.data(), kBlockK);
-            for (int64_t r = 0; r < rows; ++r) {
-              T* p = p_tile.data() + r * kBlockK;
-              const auto [a, e] = visible_in_tile(g, i0 + r, j0, cols);
-              mask.apply(p + a, b, h, i0 + r, j0 + a, e - a);
-              const T row_lse = lse_blk[r] * T(1.4426950408889634);
-              if (std::isinf(row_lse) || e == a) {
-                fill(p, cols, T(0));
-                continue;
-              }
-              exp2_and_sum(p + a, e - a, row_lse);
+            // P^T = 2^(S^T - lse), S^T = K_tile (c Q^T); zero where a query cannot see the key.
+            matmul(cols, rows, D, k.rows(b, hk, j0), k.ld, q_t.data(), block_q, p_t.data(),
+                   block_q, /*accumulate=*/false);
+            for (int64_t c = 0; c < cols; ++c) {
+              T* p = p_t.data() + c * block_q;
+              const int64_t j = j0 + c;
+              const int64_t a = std::clamp(g.first_query(j) - i0, int64_t(0), rows);
+              const int64_t e = std::clamp(g.last_query(j) + 1 - i0, a, rows);
+              mask.apply(p + a, mask.offset(b, h, i0 + a, j), mask.si, e - a);
+              exp2_minus(p + a, lse2.data() + a, e - a);
               fill(p, a, T(0));
-              fill(p + e, cols - e, T(0));
+              fill(p + e, rows - e, T(0));
             }
             // dV_tile += P^T dO
-            gemm<T>(true, false, cols, D, rows, T(1), p_tile.data(), kBlockK, do_blk, dout.ld,
-                    T(1), dv_rows + j0 * D, D);
-            // dP = dO V_tile^T, then dS = P * (dP - delta) in place
-            gemm<T>(false, true, rows, cols, D, T(1), do_blk, dout.ld, v_tile, v.ld, T(0),
-                    ds_tile.data(), kBlockK);
-            for (int64_t r = 0; r < rows; ++r) {
-              T* ds = ds_tile.data() + r * kBlockK;
-              const T* p = p_tile.data() + r * kBlockK;
-              const Vec<T> vdelta(delta[r]);
-              at::vec::map2([vdelta](Vec<T> pv, Vec<T> dpv) { return pv * (dpv - vdelta); },
-                            ds, p, ds, cols);
+            matmul(cols, D, rows, p_t.data(), block_q, do_blk, dout.ld, dv_rows + j0 * D, D,
+                   /*accumulate=*/true);
+            // dP^T = V_tile dO^T, then dS^T = scale P^T (dP^T - delta) in place
+            matmul(cols, rows, D, v.rows(b, hk, j0), v.ld, do_t.data(), block_q, ds_t.data(),
+                   block_q, /*accumulate=*/false);
+            const Vec<T> vscale(scale);
+            for (int64_t c = 0; c < cols; ++c) {
+              T* ds = ds_t.data() + c * block_q;
+              at::vec::map3([vscale](Vec<T> p, Vec<T> dp, Vec<T> dl) {
+                return vscale * p * (dp - dl);
+              }, ds, p_t.data() + c * block_q, ds, delta.data(), rows);
             }
-            // dQ_blk += scale dS K_tile;  dK_tile += scale dS^T Q_blk
-            gemm<T>(false, false, rows, D, cols, scale, ds_tile.data(), kBlockK, k_tile, k.ld,
-                    T(1), dq_blk, D);
-            gemm<T>(true, false, cols, D, rows, scale, ds_tile.data(), kBlockK, q_blk, q.ld,
-                    T(1), dk_rows + j0 * D, D);
+            // dK_tile += dS^T Q;  dQ^T += K^T_tile dS^T
+            matmul(cols, D, rows, ds_t.data(), block_q, q_blk, q.ld, dk_rows + j0 * D, D,
+                   /*accumulate=*/true);
+            matmul(D, rows, cols, kt_head + j0, g.Lk, ds_t.data(), block_q, dq_t.data(),
+                   block_q, /*accumulate=*/true);
           }
+          T* dq_blk = dq + ((b * g.Hq + h) * g.Lq + i0) * D;
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t d = 0; d < D; ++d) dq_blk[r * D + d] = dq_t[d * block_q + r];
         }
       }
     }
+    matmul_release();
   });
 }
 
 // ------------------------------------------------------------------------------------- glue
+
+constexpr double kLog2e = 1.4426950408889634;
 
 at::ScalarType compute_type(const at::Tensor& q) {
   return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -411,10 +459,15 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(type, "attention_fwd_cpu", [&] {
     at::Tensor mask_holder;
     const Mask<scalar_t> mask = describe_mask<scalar_t>(attn_mask, g, mask_holder);
-    const at::Tensor qc = as_operand(q, type), kc = as_operand(k, type), vc = as_operand(v, type);
-    attention_fwd_kernel<scalar_t>(g, operand<scalar_t>(qc), operand<scalar_t>(kc),
-                                   operand<scalar_t>(vc), mask, static_cast<scalar_t>(scale),
-                                   out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    const at::Tensor qc = as_operand(q, type), vc = as_operand(v, type);
+    // K^T scaled by scale * log2(e): the scores come out of the tile product in log2 units.
+    // (Out of place: transpose().contiguous() of a (B, H, 1, D) K is a view of the user's K.)
+    at::Tensor kt = at::empty({g.B, g.Hk, g.D, g.Lk}, q.options().dtype(type));
+    at::mul_out(kt, k.to(type).transpose(2, 3),
+                at::scalar_tensor(scale * kLog2e, kt.options()));
+    attention_fwd_kernel<scalar_t>(g, operand<scalar_t>(qc), kt.data_ptr<scalar_t>(),
+                                   operand<scalar_t>(vc), mask, out.data_ptr<scalar_t>(),
+                                   lse.data_ptr<scalar_t>());
   });
   return {out.to(q.scalar_type()), lse};
 }
@@ -444,8 +497,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     const at::Tensor qc = as_operand(q, type), kc = as_operand(k, type), vc = as_operand(v, type);
     const at::Tensor doc = as_operand(dout, type), oc = as_operand(out, type);
     const at::Tensor lsec = lse.to(type).contiguous();
+    const at::Tensor kt = kc.transpose(2, 3).contiguous();
     attention_bwd_kernel<scalar_t>(g, operand<scalar_t>(doc), operand<scalar_t>(qc),
-                                   operand<scalar_t>(kc), operand<scalar_t>(vc),
+                                   operand<scalar_t>(kc), kt.data_ptr<scalar_t>(),
+                                   operand<scalar_t>(vc),
                                    operand<scalar_t>(oc), lsec.data_ptr<scalar_t>(), mask,
                                    static_cast<scalar_t>(scale), dq.data_ptr<scalar_t>(),
                                    dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
