@@ -256,3 +256,17 @@ def test_inputs_are_left_untouched(lk):
     bwd_op(torch.ones_like(out), q, k, v, out, lse, None, 0.3, False, -1, -1)
     for t, s in zip((q, k, v), saved):
         assert torch.equal(t, s)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+@pytest.mark.parametrize("kw", [{}, {"causal": True}, {"left": 300, "right": 0},
+                                {"mask": torch.rand(1, 1, 90, 1600) > 0.2}])
+def test_backward_split_over_key_chunks(threads, kw):
+    """Fewer (batch, key head) pairs than threads: the backward splits the keys into chunks,
+    each with its own dQ part."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check(b=1, hq=2, hk=1, lq=90, lk=1600, **kw)
+    finally:
+        torch.set_num_threads(old)

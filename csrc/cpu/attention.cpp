@@ -299,30 +299,58 @@ void transpose_block(const T* src, int64_t src_ld, int64_t rows, int64_t D, T fa
     for (int64_t d = 0; d < D; ++d) dst[d * ld + r] = factor * src[r * src_ld + d];
 }
 
+// How many key chunks the backward splits each (batch, key head) into: one, unless there are
+// fewer (batch, key head) pairs than threads (B = 1 and a few heads, MQA); then enough chunks to
+// give every thread work, each a whole number of key tiles.
+inline int64_t key_chunks(const Geometry& g) {
+  const int64_t pairs = g.B * g.Hk, threads = at::get_num_threads();
+  if (pairs == 0 || pairs >= threads) return 1;
+  const int64_t tiles = (g.Lk + kBlockK - 1) / kBlockK;
+  return std::max<int64_t>(1, std::min((threads + pairs - 1) / pairs, tiles));
+}
+
 // kt: (B, Hk, D, Lk) contiguous, K transposed (unscaled). Tiles are keys x queries (see top).
+// A task is (batch, key head, key chunk): it owns dK/dV of its chunk's keys, and writes the dQ
+// contributions of those keys to dq_parts[chunk] (B, Hq, Lq, D); with one chunk that is dq
+// itself, with several the caller sums the parts.
 template <typename T>
 void attention_bwd_kernel(const Geometry& g, Operand<T> dout, Operand<T> q, Operand<T> k,
                           const T* kt, Operand<T> v, Operand<T> out, const T* lse,
-                          const Mask<T>& mask, T scale, T* dq, T* dk, T* dv) {
+                          const Mask<T>& mask, T scale, int64_t n_chunks, T* dq_parts, T* dk,
+                          T* dv) {
   constexpr T kLog2e = T(1.4426950408889634);
   const int64_t D = g.D, block_q = query_block(g.left);
   const int64_t n_blocks = (g.Lq + block_q - 1) / block_q;
-  at::parallel_for(0, g.B * g.Hk, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tiles = (g.Lk + kBlockK - 1) / kBlockK;
+  const int64_t chunk_keys = (tiles + n_chunks - 1) / n_chunks * kBlockK;
+  at::parallel_for(0, g.B * g.Hk * n_chunks, 1, [&](int64_t begin, int64_t end) {
     // p_t: P^T, ds_t: dP^T then dS^T (kBlockK x block_q); q_t = scale log2(e) Q^T, do_t = dO^T,
     // dq_t = dQ^T (D x block_q).
     std::vector<T> p_t(kBlockK * block_q), ds_t(kBlockK * block_q);
     std::vector<T> q_t(D * block_q), do_t(D * block_q), dq_t(D * block_q);
     std::vector<T> delta(block_q), lse2(block_q);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / g.Hk, hk = task % g.Hk;
+      const int64_t chunk = task % n_chunks, b = task / n_chunks / g.Hk;
+      const int64_t hk = task / n_chunks % g.Hk;
+      const int64_t chunk_begin = std::min(chunk * chunk_keys, g.Lk);
+      const int64_t chunk_end = std::min(chunk_begin + chunk_keys, g.Lk);
+      T* dq = dq_parts + chunk * g.B * g.Hq * g.Lq * D;
       const T* kt_head = kt + (b * g.Hk + hk) * D * g.Lk;
-      T* dk_rows = dk + (b * g.Hk + hk) * g.Lk * D;  // this task owns them: accumulate in place
+      T* dk_rows = dk + (b * g.Hk + hk) * g.Lk * D;  // this task owns its chunk's rows
       T* dv_rows = dv + (b * g.Hk + hk) * g.Lk * D;
-      fill(dk_rows, g.Lk * D, T(0));
-      fill(dv_rows, g.Lk * D, T(0));
+      fill(dk_rows + chunk_begin * D, (chunk_end - chunk_begin) * D, T(0));
+      fill(dv_rows + chunk_begin * D, (chunk_end - chunk_begin) * D, T(0));
       for (int64_t h = hk * g.group(); h < (hk + 1) * g.group(); ++h) {
         for (int64_t blk = 0; blk < n_blocks; ++blk) {
           const int64_t i0 = blk * block_q, rows = std::min(block_q, g.Lq - i0);
+          T* dq_blk = dq + ((b * g.Hq + h) * g.Lq + i0) * D;
+          // This chunk's keys that the block's queries may see.
+          const int64_t key_begin = std::max(g.first_key(i0), chunk_begin);
+          const int64_t key_end = std::min(g.last_key(i0 + rows - 1) + 1, chunk_end);
+          if (key_end <= key_begin) {
+            fill(dq_blk, rows * D, T(0));
+            continue;
+          }
           const T* q_blk = q.rows(b, h, i0);
           const T* do_blk = dout.rows(b, h, i0);
           const T* lse_blk = lse + (b * g.Hq + h) * g.Lq + i0;
@@ -336,7 +364,6 @@ void attention_bwd_kernel(const Geometry& g, Operand<T> dout, Operand<T> q, Oper
                 out.rows(b, h, i0 + r), D);
             lse2[r] = lse_blk[r] * kLog2e;
           }
-          const int64_t key_begin = g.first_key(i0), key_end = g.last_key(i0 + rows - 1) + 1;
           for (int64_t j0 = key_begin; j0 < key_end; j0 += kBlockK) {
             const int64_t cols = std::min(kBlockK, key_end - j0);
             // P^T = 2^(S^T - lse), S^T = K_tile (c Q^T); zero where a query cannot see the key.
@@ -371,7 +398,6 @@ void attention_bwd_kernel(const Geometry& g, Operand<T> dout, Operand<T> q, Oper
             matmul(D, rows, cols, kt_head + j0, g.Lk, ds_t.data(), block_q, dq_t.data(),
                    block_q, /*accumulate=*/true);
           }
-          T* dq_blk = dq + ((b * g.Hq + h) * g.Lq + i0) * D;
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t d = 0; d < D; ++d) dq_blk[r * D + d] = dq_t[d * block_q + r];
         }
@@ -488,7 +514,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
               "attention_bwd: dout, out and lse must be CPU tensors");
   const auto type = compute_type(q);
   auto opts = q.options().dtype(type);
-  at::Tensor dq = at::empty({g.B, g.Hq, g.Lq, g.D}, opts);
+  // dQ gets one part per key chunk (key_chunks), summed below when there are several.
+  const int64_t n_chunks = key_chunks(g);
+  at::Tensor dq_parts = at::empty({n_chunks, g.B, g.Hq, g.Lq, g.D}, opts);
   at::Tensor dk = at::empty({g.B, g.Hk, g.Lk, g.D}, opts);
   at::Tensor dv = at::empty({g.B, g.Hk, g.Lk, g.D}, opts);
   AT_DISPATCH_FLOATING_TYPES(type, "attention_bwd_cpu", [&] {
@@ -500,11 +528,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     const at::Tensor kt = kc.transpose(2, 3).contiguous();
     attention_bwd_kernel<scalar_t>(g, operand<scalar_t>(doc), operand<scalar_t>(qc),
                                    operand<scalar_t>(kc), kt.data_ptr<scalar_t>(),
-                                   operand<scalar_t>(vc),
-                                   operand<scalar_t>(oc), lsec.data_ptr<scalar_t>(), mask,
-                                   static_cast<scalar_t>(scale), dq.data_ptr<scalar_t>(),
-                                   dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+                                   operand<scalar_t>(vc), operand<scalar_t>(oc),
+                                   lsec.data_ptr<scalar_t>(), mask,
+                                   static_cast<scalar_t>(scale), n_chunks,
+                                   dq_parts.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
+                                   dv.data_ptr<scalar_t>());
   });
+  at::Tensor dq = n_chunks == 1 ? dq_parts[0] : dq_parts.sum(0);
   const auto dtype = q.scalar_type();
   return {dq.to(dtype), dk.to(dtype), dv.to(dtype)};
 }
