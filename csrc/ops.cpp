@@ -28,7 +28,8 @@ TORCH_LIBRARY(leedl_fast, m) {
   // --- attention (docs/attention.md) ---
   // q (B, Hq, Lq, D), k/v (B, Hk, Lk, D) with Hq a multiple of Hk (GQA); attn_mask boolean
   // (true = may attend) or additive, broadcastable to (B, Hq, Lq, Lk); window_left/right < 0
-  // means unbounded (causal is window_right = 0, aligned bottom-right). lse (B, Hq, Lq) fp32.
+  // means unbounded (causal is window_right = 0, aligned bottom-right). lse (B, Hq, Lq): natural
+  // log, fp32 (fp64 for fp64 inputs), +inf for a query that sees no key.
   m.def("attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, float scale,"
         " bool is_causal, int window_left, int window_right) -> (Tensor out, Tensor lse)");
   m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"

@@ -37,6 +37,7 @@ import triton.language as tl
 LOG2E = 1.4426950408889634  # host side: folded into qk_scale
 LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to natural log
 LOG2E_C = tl.constexpr(LOG2E)  # kernel side: natural-log LSE to log2 units
+FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
@@ -49,7 +50,11 @@ def _masked_scores(s, MASK, offs_m, offs_n, smm, smn, LQ, LK, MASK_KIND: tl.cons
         if MASK_KIND == 1:
             s = tl.where(tl.load(ptrs, mask=inside, other=0) != 0, s, float("-inf"))
         else:
-            s = s + tl.load(ptrs, mask=inside, other=0.0).to(tl.float32) * LOG2E_C
+            add = tl.load(ptrs, mask=inside, other=0.0).to(tl.float32)
+            # A finite value below -FLT_MAX / log2(e) (e.g. torch.finfo(float32).min, the usual
+            # padding value) must stay finite in log2 units, or a fully padded row turns into
+            # "sees nothing" (0) instead of torch's uniform average.
+            s = s + tl.where(add == float("-inf"), add, tl.maximum(add * LOG2E_C, FLT_LOWEST))
     return s
 
 

@@ -1,5 +1,6 @@
 """leedl_fast.functional.scaled_dot_product_attention: torch's signature plus `window`, every
 backend that runs CPU tensors here against the float64 reference, autograd, bad input."""
+import sys
 import warnings
 
 import pytest
@@ -172,3 +173,32 @@ def test_gpu_opcheck_and_compile():
     eager, _ = mha(x, x, x, need_weights=False)
     compiled, _ = torch.compile(mha, fullgraph=True)(x, x, x, need_weights=False)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finfo_min_padding_and_huge_windows(backend):
+    """Masks built with torch.finfo(dtype).min (the usual padding value) stay finite: a row
+    padded entirely gets torch's uniform average, not 0. Its gradients cannot be exact in fp32
+    (lse ~ -1e38 has no room for log l, so P recomputed from it is off; torch's are off by 9x
+    here): they must be finite and within torch's own error. window=(None, sys.maxsize) is
+    simply unbounded."""
+    q, k, v = (torch.randn(2, 2, 9, 16) for _ in range(3))
+    pad = torch.zeros(2, 1, 9, 9)
+    pad[:, :, :, 6:] = torch.finfo(torch.float32).min
+    pad[0, :, 3] = torch.finfo(torch.float32).min  # query 3 of batch 0 sees only padding
+    got = run(backend, q, k, v, attn_mask=pad)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    theirs = TF.scaled_dot_product_attention(*leaves, attn_mask=pad)
+    theirs = [theirs.detach(), *torch.autograd.grad(theirs, leaves, torch.ones_like(theirs))]
+    dleaves = [t.double().requires_grad_() for t in (q, k, v)]
+    want = ref.scaled_dot_product_attention(*dleaves, attn_mask=pad.double())
+    want = [want.detach(), *torch.autograd.grad(want, dleaves, torch.ones_like(want))]
+    torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-5)
+    for g, t, w in zip(got[1:], theirs[1:], want[1:]):
+        assert torch.isfinite(g).all()
+        assert (g.double() - w).abs().max() <= 3 * (t.double() - w).abs().max() + 1e-5
+    # Rows that see a real key are exact.
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g[1].double(), w[1], atol=1e-4, rtol=1e-4)
+    check(backend, q, k, v, window=(None, sys.maxsize))
+    check(backend, q, k, v, window=(sys.maxsize, 0))

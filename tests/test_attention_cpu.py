@@ -3,6 +3,7 @@ the float64 reference: forward (out and lse) and backward, at sizes that cross t
 query blocks (64/128) and key tiles (512), every visibility rule, masks, GQA, layouts, dtypes;
 gradcheck, opcheck, torch.compile, bad input."""
 import math
+import sys
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def _window(left, right):
 def reference(q, k, v, do, mask=None, scale=None, causal=False, left=-1, right=-1):
     """float64 reference outputs (out, lse, dq, dk, dv) for the raw op's arguments."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    leaves = [t.detach().to(torch.float64, copy=True).requires_grad_() for t in (q, k, v)]
     if mask is not None and mask.is_floating_point():
         mask = mask.double()
     out = ref.scaled_dot_product_attention(*leaves, attn_mask=mask, is_causal=causal,
@@ -270,3 +271,27 @@ def test_backward_split_over_key_chunks(threads, kw):
         check(b=1, hq=2, hk=1, lq=90, lk=1600, **kw)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_single_row_operands_with_a_free_row_stride(dtype):
+    """A (B, H, 1, D) view whose row stride is < D counts as contiguous in torch; the kernels
+    must not hand that stride to the BLAS as a leading dimension."""
+    q = torch.randn(2, 3, 16, 1, dtype=dtype).mT  # (2, 3, 1, 16), stride(2) == 1
+    k = torch.randn(2, 3, 10, 16, dtype=dtype)
+    v = torch.randn_like(k)
+    kt = torch.randn(2, 3, 16, 1, dtype=dtype).mT  # Lk = 1 with the same free stride
+    for args in ((q, k, v), (k, kt, kt.clone())):
+        out, lse = fwd_op(*args, None, 0.25, False, -1, -1)
+        do = torch.randn_like(out)
+        got = (out, lse, *bwd_op(do, *args, out, lse, None, 0.25, False, -1, -1))
+        want = reference(*args, do, None, 0.25)
+        for name, g, w in zip(("out", "lse", "dq", "dk", "dv"), got, want):
+            torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=2e-5,
+                                       msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("left, right", [(sys.maxsize, 0), (-1, sys.maxsize),
+                                         (sys.maxsize, sys.maxsize), (2**62, 3)])
+def test_huge_window_bounds_mean_unbounded(left, right):
+    check(lq=40, lk=70, left=left, right=right)

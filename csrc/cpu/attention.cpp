@@ -93,7 +93,9 @@ struct Operand {
 
 template <typename T>
 Operand<T> operand(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), t.stride(1), std::max<int64_t>(t.stride(2), 1)};
+  // With one row, torch leaves stride(2) free (it may be < D); the BLAS wants ld >= D anyway.
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1),
+          std::max({t.stride(2), t.size(3), int64_t(1)})};
 }
 
 // attn_mask as a strided (B, Hq, Lq, Lk) view (stride 0 where it broadcasts): boolean (true =
@@ -111,21 +113,28 @@ struct Mask {
 
   // Applies the mask to a run of n scores whose mask entries start at `offset` and lie `step`
   // apart (sj along a query's keys, si along a key's queries). The scores are in log2 units,
-  // so additive values are multiplied by log2(e).
+  // so additive values are multiplied by log2(e) -- saturating, so that a finite value below
+  // lowest / log2(e) (torch.finfo(dtype).min is the usual padding value) stays finite: a row
+  // padded with it entirely gets torch's uniform average, not the "sees nothing" zero of -inf.
   void apply(T* s, int64_t offset, int64_t step, int64_t n) const {
-    constexpr T kLog2e = T(1.4426950408889634);
-    if (kind == kNone) return;
+    if (kind == kNone || n <= 0) return;
     if (kind == kKeep) {
       const bool* k = keep + offset;
       for (int64_t x = 0; x < n; ++x)
         if (!k[x * step]) s[x] = kNegInf<T>;
     } else if (step == 1) {  // the common layout: a contiguous run, vectorized by the compiler
       const T* a = add + offset;
-      for (int64_t x = 0; x < n; ++x) s[x] += kLog2e * a[x];
+      for (int64_t x = 0; x < n; ++x) s[x] += log2_units(a[x]);
     } else {
       const T* a = add + offset;
-      for (int64_t x = 0; x < n; ++x) s[x] += kLog2e * a[x * step];
+      for (int64_t x = 0; x < n; ++x) s[x] += log2_units(a[x * step]);
     }
+  }
+
+  static T log2_units(T a) {
+    constexpr T kLog2e = T(1.4426950408889634);
+    constexpr T kLowest = std::numeric_limits<T>::lowest();
+    return a == kNegInf<T> ? a : std::max(a * kLog2e, kLowest);
   }
 };
 
@@ -440,9 +449,13 @@ Geometry check_and_describe(const char* op, const at::Tensor& q, const at::Tenso
               " and k ", k.sizes(), " differ in batch or head dim");
   TORCH_CHECK(k.size(1) > 0 ? q.size(1) % k.size(1) == 0 : q.size(1) == 0, op, ": ",
               q.size(1), " query heads are not a multiple of ", k.size(1), " key heads");
-  int64_t right = window_right;
+  // A bound of Lq + Lk or more cannot exclude a key: make it unbounded, which also keeps the
+  // index arithmetic (i + Lk - Lq + right) far from int64 overflow.
+  const int64_t reach = q.size(2) + k.size(2);
+  const int64_t left = window_left >= reach ? -1 : window_left;
+  int64_t right = window_right >= reach ? -1 : window_right;
   if (is_causal) right = right < 0 ? 0 : std::min<int64_t>(right, 0);
-  return {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), window_left, right};
+  return {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), left, right};
 }
 
 // The mask as a (B, Hq, Lq, Lk) view in the kernels' types; `holder` keeps converted data alive.

@@ -80,6 +80,7 @@ register_gpu("attention_bwd", triton=_triton_attention_bwd)
 def _setup_context(ctx, inputs, output):
     q, k, v, attn_mask, scale, is_causal, window_left, window_right = inputs
     out, lse = output
+    ctx.mark_non_differentiable(lse)  # a statistic for the backward, not a differentiable output
     ctx.save_for_backward(q, k, v, out, lse, attn_mask)
     ctx.args = (scale, is_causal, window_left, window_right)
 
@@ -205,6 +206,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         full = attn_mask.expand(*query.shape[:-1], key.shape[-2])
         mask = full.unsqueeze(1) if query.dim() == 3 else \
             full.reshape(q.shape[0], q.shape[1], *full.shape[-2:])
+    # A bound that reaches past both sequences excludes nothing: unbounded (the kernels' index
+    # arithmetic stays small; window=(None, sys.maxsize) is a valid request).
+    reach = query.shape[-2] + key.shape[-2]
+    wl, wr = (-1 if w >= reach else w for w in (wl, wr))
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     out, _ = call("attention_fwd", q, k, v, mask, scale, bool(is_causal), wl, wr)
     return out.view(query.shape)

@@ -31,6 +31,9 @@ def visible(lq, lk, is_causal=False, window=None, device=None):
     """Boolean (Lq, Lk) matrix of the keys each query may see under is_causal / window, or None
     when every key is visible."""
     left, right = (None, None) if window is None else window
+    # A bound that reaches past both sequences excludes nothing (and i + 2**63 - 1 would
+    # overflow int64).
+    left, right = (None if w is None or w >= lq + lk else w for w in (left, right))
     if is_causal:
         right = 0 if right is None else min(right, 0)
     if left is None and right is None:
