@@ -111,7 +111,7 @@ def shape_str(r: dict) -> str:
 def row(r: dict) -> list[str]:
     return [r["op"], r["mode"], shape_str(r), r["dtype"], r["backend"], _time(r["time_s"]),
             _num(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
-            _num(r["gbps"], ".1f"), _num(r["pct_ceiling"], ".0f"), _num(r.get("tflops"), ".1f"),
+            _num(r["gbps"], ".1f"), _num(r["pct_ceiling"], ".0f"), _num(r.get("tflops"), ".3g"),
             r.get("note", "")]
 
 
