@@ -35,6 +35,17 @@ TORCH_LIBRARY(leedl_fast, m) {
   m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
         " Tensor? attn_mask, float scale, bool is_causal, int window_left, int window_right)"
         " -> (Tensor dq, Tensor dk, Tensor dv)");
+
+  // --- recurrent (docs/rnn.md) ---
+  // One LSTM layer, one direction, the whole sequence. gates_x (T, B, 4H) = x W_ih^T + b_ih +
+  // b_hh (the input projection, done by the caller for all steps at once), w_hh (4H, H),
+  // h0/c0 (B, H); torch's gate order i, f, g, o. cells (T, B, H) and gates (T, B, 4H, the
+  // activated i, f, g, o) are saved for the backward, in fp32 (fp64 for fp64 inputs).
+  m.def("lstm_sequence_fwd(Tensor gates_x, Tensor w_hh, Tensor h0, Tensor c0)"
+        " -> (Tensor y, Tensor h_n, Tensor c_n, Tensor cells, Tensor gates)");
+  m.def("lstm_sequence_bwd(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor cells,"
+        " Tensor y, Tensor h0, Tensor c0, Tensor w_hh)"
+        " -> (Tensor dgates_x, Tensor dw_hh, Tensor dh0, Tensor dc0)");
 }
 
 // Importable as a Python module so `import leedl_fast._C` loads the registrations above.

@@ -11,6 +11,7 @@ from . import _C  # noqa: F401  (registers the op schemas and the C++ CPU kernel
 from ._backend import BACKENDS, available_backends, backend, forced_backend
 from ._ops import attention as _attention_ops  # noqa: F401  (fake, GPU, autograd)
 from ._ops import norm as _norm_ops  # noqa: F401  (fake, GPU and autograd registrations)
+from ._ops import rnn as _rnn_ops  # noqa: F401  (fake and autograd registrations)
 from . import functional, nn  # noqa: E402
 from .accelerate import accelerate  # noqa: E402
 

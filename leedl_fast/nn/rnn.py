@@ -1,0 +1,169 @@
+"""LSTM backed by leedl_fast's whole-sequence kernel (docs/rnn.md).
+
+Same constructor as torch.nn.LSTM (input_size, hidden_size, num_layers, bias, batch_first,
+dropout, bidirectional, proj_size, device, dtype), the same parameters in the same order with
+the same initialization, hence the same state_dict keys (weight_ih_l0, weight_hh_l0_reverse,
+...): a trained torch.nn.LSTM's state_dict loads as is and gives the same outputs. forward has
+torch's signature: forward(input, hx=None) -> (output, (h_n, c_n)).
+
+It is a plain nn.Module rather than a subclass of torch.nn.LSTM: torch.compile refuses to trace
+anything that is an instance of torch's RNN classes (dynamo's allow_rnn), and fullgraph
+compilation is part of the drop-in promise.
+
+CPU tensors run the C++ kernel (one op per layer and direction for the whole sequence). CUDA
+tensors run torch's own LSTM (cuDNN) until the GPU kernel lands (issue 4).
+"""
+import math
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import _backend
+from .._ops.rnn import lstm_layer
+
+
+class LSTM(torch.nn.Module):
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__()
+        if proj_size:
+            raise NotImplementedError("leedl_fast.nn.LSTM: proj_size > 0 is not supported; use "
+                                      "torch.nn.LSTM for projected LSTMs")
+        if not (isinstance(hidden_size, int) and hidden_size > 0):
+            raise ValueError(f"leedl_fast.nn.LSTM: hidden_size must be a positive int, got "
+                             f"{hidden_size!r}")
+        if not (isinstance(num_layers, int) and num_layers > 0):
+            raise ValueError(f"leedl_fast.nn.LSTM: num_layers must be a positive int, got "
+                             f"{num_layers!r}")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1):
+            raise ValueError(f"leedl_fast.nn.LSTM: dropout must be in [0, 1], got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, 0
+        factory = {"device": device, "dtype": dtype}
+        dirs = 2 if bidirectional else 1
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * dirs
+            for d in range(dirs):
+                suffix = f"_l{layer}" + ("_reverse" if d else "")
+                # torch's registration order, so state_dict keys come out in torch's order
+                shapes = [("weight_ih", (4 * hidden_size, layer_input)),
+                          ("weight_hh", (4 * hidden_size, hidden_size))]
+                if bias:
+                    shapes += [("bias_ih", (4 * hidden_size,)), ("bias_hh", (4 * hidden_size,))]
+                for name, shape in shapes:
+                    self.register_parameter(name + suffix,
+                                            torch.nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """torch's initialization: every weight and bias uniform in +-1/sqrt(hidden_size)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            torch.nn.init.uniform_(p, -bound, bound)
+
+    def flatten_parameters(self):
+        """torch.nn.LSTM's cuDNN weight-packing hook; nothing to do here."""
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def _layer_weights(self, layer, direction):
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        w_ih = getattr(self, "weight_ih" + suffix)
+        w_hh = getattr(self, "weight_hh" + suffix)
+        b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
+        b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
+        return w_ih, w_hh, b_ih, b_hh
+
+    def _check(self, input, hx):
+        name = "leedl_fast.nn.LSTM"
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: input must be 2-D (unbatched) or 3-D, got shape "
+                             f"{list(input.shape)}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: input's last dim {input.shape[-1]} must equal "
+                             f"input_size={self.input_size}")
+        if input.dtype != self.weight_ih_l0.dtype:
+            raise TypeError(f"{name}: input dtype {input.dtype} must match the weights' "
+                            f"{self.weight_ih_l0.dtype}")
+        if input.device != self.weight_ih_l0.device:
+            raise ValueError(f"{name}: input's device {input.device} differs from the "
+                             f"weights' device {self.weight_ih_l0.device}")
+        steps = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
+        if steps == 0:
+            raise ValueError(f"{name}: the sequence is empty (length 0)")
+        if hx is None:
+            return
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"{name}: hx must be a tuple (h_0, c_0)")
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        batch = () if input.dim() == 2 else (input.shape[0 if self.batch_first else 1],)
+        want = (layers, *batch, self.hidden_size)
+        for label, t in zip(("h_0", "c_0"), hx):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
+                got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name}: {label} must have shape {list(want)}, got {got}")
+            if t.dtype != input.dtype or t.device != input.device:
+                raise TypeError(f"{name}: {label} must match input's dtype and device "
+                                f"({input.dtype}, {input.device}), got ({t.dtype}, {t.device})")
+
+    def forward(self, input, hx=None):
+        if isinstance(input, PackedSequence):
+            raise NotImplementedError("leedl_fast.nn.LSTM: PackedSequence input is not "
+                                      "supported; pad the batch (or use torch.nn.LSTM)")
+        self._check(input, hx)
+        if input.device.type != "cpu" and _backend.forced_backend() != "reference":
+            return self._torch_lstm(input, hx)  # no GPU kernel yet: torch's (cuDNN)
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first
+                                                   else input)
+        dirs = 2 if self.bidirectional else 1
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers * dirs, x.shape[1], self.hidden_size)
+            h0, c0 = zeros, zeros
+        else:
+            h0, c0 = (t.unsqueeze(1) for t in hx) if unbatched else hx
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(dirs):
+                k = layer * dirs + d
+                y, h, c = lstm_layer(x, h0[k], c0[k], *self._layer_weights(layer, d),
+                                     reverse=d == 1)
+                outs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = torch.nn.functional.dropout(x, self.dropout, training=True)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if unbatched:
+            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (x.transpose(0, 1) if self.batch_first else x), (h_n, c_n)
+
+    def _torch_lstm(self, input, hx):
+        dirs = 2 if self.bidirectional else 1
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1 if not self.batch_first else 0) if unbatched else input
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers * dirs, x.shape[0 if self.batch_first else 1],
+                                self.hidden_size)
+            hx = (zeros, zeros)
+        elif unbatched:
+            hx = tuple(t.unsqueeze(1) for t in hx)
+        weights = [w for layer in range(self.num_layers) for d in range(dirs)
+                   for w in self._layer_weights(layer, d) if w is not None]
+        out, h_n, c_n = torch.lstm(x, hx, weights, self.bias, self.num_layers, self.dropout,
+                                   self.training, self.bidirectional, self.batch_first)
+        if unbatched:
+            return out.squeeze(1 if not self.batch_first else 0), (h_n.squeeze(1),
+                                                                  c_n.squeeze(1))
+        return out, (h_n, c_n)
