@@ -1,0 +1,116 @@
+"""Recurrent family: leedl_fast.nn.LSTM (the C++ whole-sequence kernel on CPU) against
+torch.nn.LSTM (oneDNN's fused RNN on CPU, cuDNN on GPU), the book's cell as a Python loop, and
+torch.compile of that loop.
+
+FLOPs per layer and direction: 2·T·B·(I + H)·4H for the four gates' products (the input
+projection and the recurrent one, equal when I = H), training 3x that (the backward has two
+products per forward product); the pointwise gate math is noise next to it. Bytes: the op is
+not bandwidth-bound (the weights are re-read from cache every step), so GB/s is not the column
+to read: TFLOP/s is, and the recurrence is latency-bound (T dependent steps of a
+B x H x 4H product) as much as compute-bound.
+
+CPU cases (fp32): the issue's acceptance shape (hidden 256, batch 16, sequence 256, one layer),
+two layers, and hidden 512 / batch 64 and hidden 1024 / batch 1. torch.compile of the Python
+loop is timed at the smallest sequence only (compiling an unrolled 256-step loop takes minutes).
+GPU: no cases until the CUDA kernel lands (leedl_fast.nn.LSTM runs torch's cuDNN path on CUDA
+tensors meanwhile, so a GPU row would time torch against itself).
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.harness import COMPILE, EAGER, Case, step, with_backend
+
+# (hidden, batch, sequence, layers); the first is the issue's acceptance shape.
+CPU_SHAPES = [(256, 16, 256, 1), (256, 16, 256, 2), (512, 64, 128, 1), (1024, 1, 128, 1)]
+COMPILE_SHAPE = (256, 16, 32, 1)
+
+
+def _flops(h, b, t, layers, mode):
+    fwd = layers * 2 * t * b * (h + h) * 4 * h
+    return fwd if mode == "fwd" else 3 * fwd
+
+
+def _python_loop(cells):
+    """The book's LSTM as most people write it: an nn.LSTMCell per layer, stepped in Python."""
+    def run(x):
+        for cell in cells:
+            h = c = x.new_zeros(x.shape[1], cell.hidden_size)
+            ys = []
+            for t in range(x.shape[0]):
+                h, c = cell(x[t], (h, c))
+                ys.append(h)
+            x = torch.stack(ys)
+        return x
+    return run
+
+
+def _builder(h, b, t, layers, mode, compiled):
+    def build():
+        import leedl_fast
+
+        torch.manual_seed(0)
+        theirs = torch.nn.LSTM(h, h, num_layers=layers)
+        ours = leedl_fast.nn.LSTM(h, h, num_layers=layers)
+        ours.load_state_dict(theirs.state_dict())
+        cells = []
+        for layer in range(layers):
+            cell = torch.nn.LSTMCell(h, h)
+            cell.load_state_dict({k.replace(f"_l{layer}", ""): v for k, v in
+                                  theirs.state_dict().items() if k.endswith(f"_l{layer}")})
+            cells.append(cell)
+        x = torch.randn(t, b, h)
+        leaves, grads = (), ()
+        if mode == "fwd+bwd":
+            x.requires_grad_(True)
+            grads = (torch.randn(t, b, h),)
+
+        def params(module):
+            return (x, *module.parameters()) if mode == "fwd+bwd" else ()
+
+        def first(module):
+            return lambda x: module(x)[0]
+
+        loop = _python_loop(cells)
+        fns = {EAGER: step(first(theirs), (x,), mode, params(theirs), grads),
+               "leedl_fast:cpu": with_backend(step(first(ours), (x,), mode, params(ours),
+                                                   grads), "cpu"),
+               "python loop": step(loop, (x,), mode,
+                                   (x, *(p for c in cells for p in c.parameters()))
+                                   if mode == "fwd+bwd" else leaves, grads)}
+        if compiled:
+            fns[COMPILE] = step(torch.compile(loop, fullgraph=True, dynamic=False), (x,), mode,
+                                (x, *(p for c in cells for p in c.parameters()))
+                                if mode == "fwd+bwd" else leaves, grads)
+        if mode == "fwd":
+            fns = {name: _no_grad(fn) for name, fn in fns.items()}
+        return fns
+
+    return build
+
+
+def _no_grad(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if device.startswith("cuda"):
+        return []  # see the module docstring
+    shapes = [(64, 4, 16, 1)] if quick else CPU_SHAPES + [COMPILE_SHAPE]
+    out = []
+    for h, b, t, layers in shapes:
+        for mode in ("fwd", "fwd+bwd"):
+            target = None
+            if (h, b, t, layers) == CPU_SHAPES[0]:
+                target = ("leedl_fast:cpu", 1.3 if mode == "fwd" else 1.0)
+            op = "lstm" if layers == 1 else f"lstm_{layers}layers"
+            out.append(Case(family="rnn", op=op, mode=mode, shape=(h, b, t),
+                            dtype=torch.float32, device=device,
+                            nbytes=4 * layers * (2 * t * b * h + 8 * h * h),
+                            build=_builder(h, b, t, layers, mode,
+                                           compiled=(h, b, t, layers) == COMPILE_SHAPE),
+                            target=target, flops=_flops(h, b, t, layers, mode)))
+    return out
