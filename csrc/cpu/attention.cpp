@@ -34,6 +34,7 @@
 #include <torch/library.h>
 
 #include "blas.h"
+#include "fast_math.h"
 
 #include <algorithm>
 #include <cmath>
@@ -143,30 +144,6 @@ inline T row_max(const T* s, int64_t n) {
   return at::vec::reduce_all<T>([](Vec<T>& x, Vec<T>& y) { return at::vec::maximum(x, y); }, s,
                                 n);
 }
-
-// 2^x for x <= 0 (a score minus its row max, in log2 units), 0 below 2^-126 and for -inf.
-// Split x = n + f with n = round(x), |f| <= 1/2: 2^n goes straight into the exponent bits and
-// 2^f is a degree-5 polynomial (least-squares fit on [-1/2, 1/2], relative error 1.1e-7, about
-// fp32's epsilon). 13 vector ops against exp_u20's 18: the exponentials are a fifth of the
-// forward's time at D = 64, and every score takes one.
-#if defined(__AVX2__) && defined(__FMA__)
-inline __m256 exp2_nonpositive(__m256 x) {
-  const __m256 lowest = _mm256_set1_ps(-126.0f);
-  const __m256 underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
-  x = _mm256_max_ps(lowest, x);  // NaN stays NaN (max returns its second operand)
-  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(x, n);
-  __m256 p = _mm256_set1_ps(1.3218714e-03f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6716965e-03f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5508930e-02f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022238e-01f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314694e-01f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-  const __m256 r = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), bits));
-  return _mm256_andnot_ps(underflow, r);
-}
-#endif
 
 // s[j] = 2^(s[j] - shift) in place (every s[j] <= shift), returning the sum.
 template <typename T>
