@@ -46,6 +46,14 @@ TORCH_LIBRARY(leedl_fast, m) {
   m.def("lstm_sequence_bwd(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor cells,"
         " Tensor y, Tensor h0, Tensor c0, Tensor w_hh)"
         " -> (Tensor dgates_x, Tensor dw_hh, Tensor dh0, Tensor dc0)");
+  // One GRU layer, one direction (gate order r, z, n). gates_x (T, B, 3H) = x W_ih^T + b_ih;
+  // b_hh is applied inside (b_hn sits inside r * (h W_hn + b_hn)). saved (T, B, 4H): r, z, n
+  // and h W_hn + b_hn per step, fp32 (fp64 for fp64). db_hh is (0,) when b_hh was None.
+  m.def("gru_sequence_fwd(Tensor gates_x, Tensor w_hh, Tensor? b_hh, Tensor h0)"
+        " -> (Tensor y, Tensor h_n, Tensor saved)");
+  m.def("gru_sequence_bwd(Tensor dy, Tensor dh_n, Tensor saved, Tensor y, Tensor h0,"
+        " Tensor w_hh, bool has_bias) -> (Tensor dgates_x, Tensor dw_hh, Tensor db_hh,"
+        " Tensor dh0)");
 }
 
 // Importable as a Python module so `import leedl_fast._C` loads the registrations above.

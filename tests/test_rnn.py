@@ -1,6 +1,6 @@
-"""The recurrent family: leedl_fast.nn.LSTM (C++ whole-sequence kernel on CPU) against
-torch.nn.LSTM with the same weights and against the float64 reference (the book's cell, §5.5);
-the raw ops (opcheck, gradcheck), torch.compile, bad input."""
+"""The recurrent family: leedl_fast.nn.LSTM / GRU (C++ whole-sequence kernels on CPU) against
+torch.nn.LSTM / GRU with the same weights and against the float64 reference (the book's cell,
+§5.5); the raw ops (opcheck, gradcheck), torch.compile, bad input."""
 import pytest
 import torch
 
@@ -197,3 +197,111 @@ def test_raw_op_bad_shapes():
         fwd_op(g, w, h0[:1], c0)
     with pytest.raises(RuntimeError, match="dtype"):
         fwd_op(g, w.float(), h0, c0)
+
+
+# -------------------------------------------------------------------------------------- GRU
+
+gru_fwd = torch.ops.leedl_fast.gru_sequence_fwd
+gru_bwd = torch.ops.leedl_fast.gru_sequence_bwd
+
+
+def gru_pair(input_size, hidden, dtype=torch.float32, **kw):
+    theirs = torch.nn.GRU(input_size, hidden, dtype=dtype, **kw)
+    ours = leedl_fast.nn.GRU(input_size, hidden, dtype=dtype, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def gru_run(module, x, h0):
+    x = x.detach().clone().requires_grad_()
+    h0 = None if h0 is None else h0.detach().clone().requires_grad_()
+    out, h_n = module(x, h0)
+    loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum() + 2 * h_n.sum()
+    leaves = [x, *([h0] if h0 is not None else []), *module.parameters()]
+    return [out, h_n, *torch.autograd.grad(loss, leaves)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, True), (3, False)])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_matches_torch(dtype, layers, bidirectional, batch_first, bias):
+    ours, theirs = gru_pair(9, 13, dtype, num_layers=layers, bidirectional=bidirectional,
+                            batch_first=batch_first, bias=bias)
+    x = torch.randn(4, 6, 9, dtype=dtype)
+    dirs = 2 if bidirectional else 1
+    h0 = torch.randn(layers * dirs, 6 if not batch_first else 4, 13, dtype=dtype)
+    for h in (None, h0):
+        for g, w in zip(gru_run(ours, x, h), gru_run(theirs, x, h)):
+            torch.testing.assert_close(g, w, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("hidden, steps", [(1, 1), (7, 5), (100, 3)])
+def test_gru_odd_sizes_against_the_float64_reference(hidden, steps):
+    ours, _ = gru_pair(5, hidden, bidirectional=True)
+    x = torch.randn(steps, 3, 5)
+    out, h_n = ours(x)
+    xd = x.double()
+    w = [[p.detach().double() for p in ours._layer_weights(0, d)] for d in range(2)]
+    h0 = torch.zeros(3, hidden, dtype=torch.float64)
+    y0, h0_n = ref.gru_layer(xd, h0, *w[0])
+    y1, h1_n = ref.gru_layer(xd, h0, *w[1], reverse=True)
+    torch.testing.assert_close(out.double(), torch.cat([y0, y1], -1), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(h_n.double(), torch.stack([h0_n, h1_n]), atol=2e-5, rtol=2e-5)
+
+
+def test_gru_unbatched_and_threads():
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            ours, theirs = gru_pair(20, 70, num_layers=2)
+            x, h0 = torch.randn(6, 20), torch.randn(2, 70)
+            for g, w in zip(gru_run(ours, x, h0), gru_run(theirs, x, h0)):
+                torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _gru_raw_args(dtype=torch.float64, grad=False, bias=True):
+    args = (torch.randn(4, 3, 15, dtype=dtype), torch.randn(15, 5, dtype=dtype) * 0.5,
+            torch.randn(15, dtype=dtype) if bias else None, torch.randn(3, 5, dtype=dtype))
+    return tuple(a if a is None else a.requires_grad_(grad) for a in args)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_gradcheck_and_opcheck(bias):
+    def f(*args):
+        y, h_n, _ = gru_fwd(*args)
+        return y, h_n
+    assert torch.autograd.gradcheck(f, _gru_raw_args(grad=True, bias=bias))
+    args = _gru_raw_args(torch.float32, grad=True, bias=bias)
+    torch.library.opcheck(gru_fwd.default, args)
+    y, h_n, saved = gru_fwd(*args)
+    torch.library.opcheck(gru_bwd.default, (torch.randn_like(y), torch.randn_like(h_n), saved,
+                                            y.detach(), args[3].detach(), args[1].detach(),
+                                            bias))
+
+
+def test_gru_compile_fullgraph():
+    ours, _ = gru_pair(8, 16, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 7, 8, requires_grad=True)
+    eager, _ = ours(x)
+    g_eager = torch.autograd.grad(eager.sum(), [x, *ours.parameters()])
+    compiled, _ = torch.compile(ours, fullgraph=True)(x)
+    g_compiled = torch.autograd.grad(compiled.sum(), [x, *ours.parameters()])
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_gru_bad_input():
+    m = leedl_fast.nn.GRU(3, 4, num_layers=2)
+    with pytest.raises(ValueError, match="input_size"):
+        m(torch.randn(5, 2, 7))
+    with pytest.raises(ValueError, match="h_0"):
+        m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4))
+    with pytest.raises(TypeError, match="Tensor h_0"):
+        m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4),))
+    with pytest.raises(RuntimeError, match="3 \\* hidden"):
+        gru_fwd(torch.randn(4, 3, 14), torch.randn(15, 5), None, torch.randn(3, 5))

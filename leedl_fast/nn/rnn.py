@@ -1,17 +1,18 @@
-"""LSTM backed by leedl_fast's whole-sequence kernel (docs/rnn.md).
+"""LSTM and GRU backed by leedl_fast's whole-sequence kernels (docs/rnn.md).
 
-Same constructor as torch.nn.LSTM (input_size, hidden_size, num_layers, bias, batch_first,
+Same constructors as torch.nn.LSTM / torch.nn.GRU (input_size, hidden_size, num_layers, bias, batch_first,
 dropout, bidirectional, proj_size, device, dtype), the same parameters in the same order with
 the same initialization, hence the same state_dict keys (weight_ih_l0, weight_hh_l0_reverse,
 ...): a trained torch.nn.LSTM's state_dict loads as is and gives the same outputs. forward has
-torch's signature: forward(input, hx=None) -> (output, (h_n, c_n)).
+torch's signature: forward(input, hx=None) -> (output, (h_n, c_n)) for the LSTM,
+(output, h_n) for the GRU.
 
 It is a plain nn.Module rather than a subclass of torch.nn.LSTM: torch.compile refuses to trace
 anything that is an instance of torch's RNN classes (dynamo's allow_rnn), and fullgraph
 compilation is part of the drop-in promise.
 
-CPU tensors run the C++ kernel (one op per layer and direction for the whole sequence). CUDA
-tensors run torch's own LSTM (cuDNN) until the GPU kernel lands (issue 4).
+CPU tensors run the C++ kernels (one op per layer and direction for the whole sequence). CUDA
+tensors run torch's own (cuDNN) until the GPU kernels land (issue 4).
 """
 import math
 
@@ -19,27 +20,30 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import _backend
-from .._ops.rnn import lstm_layer
+from .._ops.rnn import gru_layer, lstm_layer
 
 
-class LSTM(torch.nn.Module):
+class _RNNBase(torch.nn.Module):
+    """Shared by LSTM and GRU: parameters, initialization, input checks, the layer loop."""
+
+    GATES = 0  # gate blocks stacked in each weight (LSTM 4, GRU 3)
+    NAME = ""
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
         super().__init__()
-        if proj_size:
-            raise NotImplementedError("leedl_fast.nn.LSTM: proj_size > 0 is not supported; use "
-                                      "torch.nn.LSTM for projected LSTMs")
         if not (isinstance(hidden_size, int) and hidden_size > 0):
-            raise ValueError(f"leedl_fast.nn.LSTM: hidden_size must be a positive int, got "
+            raise ValueError(f"leedl_fast.nn.{self.NAME}: hidden_size must be a positive int, got "
                              f"{hidden_size!r}")
         if not (isinstance(num_layers, int) and num_layers > 0):
-            raise ValueError(f"leedl_fast.nn.LSTM: num_layers must be a positive int, got "
+            raise ValueError(f"leedl_fast.nn.{self.NAME}: num_layers must be a positive int, got "
                              f"{num_layers!r}")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1):
-            raise ValueError(f"leedl_fast.nn.LSTM: dropout must be in [0, 1], got {dropout!r}")
+            raise ValueError(f"leedl_fast.nn.{self.NAME}: dropout must be in [0, 1], got {dropout!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = bidirectional, 0
+        self.bidirectional = bidirectional
+        gates = self.GATES * hidden_size
         factory = {"device": device, "dtype": dtype}
         dirs = 2 if bidirectional else 1
         for layer in range(num_layers):
@@ -47,10 +51,9 @@ class LSTM(torch.nn.Module):
             for d in range(dirs):
                 suffix = f"_l{layer}" + ("_reverse" if d else "")
                 # torch's registration order, so state_dict keys come out in torch's order
-                shapes = [("weight_ih", (4 * hidden_size, layer_input)),
-                          ("weight_hh", (4 * hidden_size, hidden_size))]
+                shapes = [("weight_ih", (gates, layer_input)), ("weight_hh", (gates, hidden_size))]
                 if bias:
-                    shapes += [("bias_ih", (4 * hidden_size,)), ("bias_hh", (4 * hidden_size,))]
+                    shapes += [("bias_ih", (gates,)), ("bias_hh", (gates,))]
                 for name, shape in shapes:
                     self.register_parameter(name + suffix,
                                             torch.nn.Parameter(torch.empty(shape, **factory)))
@@ -63,7 +66,7 @@ class LSTM(torch.nn.Module):
             torch.nn.init.uniform_(p, -bound, bound)
 
     def flatten_parameters(self):
-        """torch.nn.LSTM's cuDNN weight-packing hook; nothing to do here."""
+        """torch's cuDNN weight-packing hook; nothing to do here."""
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -82,7 +85,7 @@ class LSTM(torch.nn.Module):
         return w_ih, w_hh, b_ih, b_hh
 
     def _check(self, input, hx):
-        name = "leedl_fast.nn.LSTM"
+        name = f"leedl_fast.nn.{self.NAME}"
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -102,12 +105,11 @@ class LSTM(torch.nn.Module):
             raise ValueError(f"{name}: the sequence is empty (length 0)")
         if hx is None:
             return
-        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"{name}: hx must be a tuple (h_0, c_0)")
+        states = self._states(hx)
         layers = self.num_layers * (2 if self.bidirectional else 1)
         batch = () if input.dim() == 2 else (input.shape[0 if self.batch_first else 1],)
         want = (layers, *batch, self.hidden_size)
-        for label, t in zip(("h_0", "c_0"), hx):
+        for label, t in zip(("h_0", "c_0"), states):
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
                 got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{name}: {label} must have shape {list(want)}, got {got}")
@@ -117,53 +119,102 @@ class LSTM(torch.nn.Module):
 
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
-            raise NotImplementedError("leedl_fast.nn.LSTM: PackedSequence input is not "
-                                      "supported; pad the batch (or use torch.nn.LSTM)")
+            raise NotImplementedError(f"leedl_fast.nn.{self.NAME}: PackedSequence input is not "
+                                      f"supported; pad the batch (or use torch.nn.{self.NAME})")
         self._check(input, hx)
         if input.device.type != "cpu" and _backend.forced_backend() != "reference":
-            return self._torch_lstm(input, hx)  # no GPU kernel yet: torch's (cuDNN)
+            return self._torch_rnn(input, hx)  # no GPU kernel yet: torch's (cuDNN)
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first
                                                    else input)
         dirs = 2 if self.bidirectional else 1
         if hx is None:
             zeros = x.new_zeros(self.num_layers * dirs, x.shape[1], self.hidden_size)
-            h0, c0 = zeros, zeros
+            states = (zeros,) * self.STATES
         else:
-            h0, c0 = (t.unsqueeze(1) for t in hx) if unbatched else hx
-        h_n, c_n = [], []
+            states = tuple(t.unsqueeze(1) for t in self._states(hx)) if unbatched \
+                else self._states(hx)
+        finals = [[] for _ in states]
         for layer in range(self.num_layers):
             outs = []
             for d in range(dirs):
                 k = layer * dirs + d
-                y, h, c = lstm_layer(x, h0[k], c0[k], *self._layer_weights(layer, d),
-                                     reverse=d == 1)
+                y, *last = self._layer(x, [s[k] for s in states], self._layer_weights(layer, d),
+                                       reverse=d == 1)
                 outs.append(y)
-                h_n.append(h)
-                c_n.append(c)
+                for f, v in zip(finals, last):
+                    f.append(v)
             x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = torch.nn.functional.dropout(x, self.dropout, training=True)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        finals = [torch.stack(f) for f in finals]
         if unbatched:
-            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        return (x.transpose(0, 1) if self.batch_first else x), (h_n, c_n)
+            x, finals = x.squeeze(1), [f.squeeze(1) for f in finals]
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        return x, self._pack_states(finals)
 
-    def _torch_lstm(self, input, hx):
+    def _torch_rnn(self, input, hx):
         dirs = 2 if self.bidirectional else 1
         unbatched = input.dim() == 2
         x = input.unsqueeze(1 if not self.batch_first else 0) if unbatched else input
         if hx is None:
             zeros = x.new_zeros(self.num_layers * dirs, x.shape[0 if self.batch_first else 1],
                                 self.hidden_size)
-            hx = (zeros, zeros)
-        elif unbatched:
-            hx = tuple(t.unsqueeze(1) for t in hx)
+            states = (zeros,) * self.STATES
+        else:
+            states = tuple(t.unsqueeze(1) if unbatched else t for t in self._states(hx))
         weights = [w for layer in range(self.num_layers) for d in range(dirs)
                    for w in self._layer_weights(layer, d) if w is not None]
-        out, h_n, c_n = torch.lstm(x, hx, weights, self.bias, self.num_layers, self.dropout,
-                                   self.training, self.bidirectional, self.batch_first)
+        out, *finals = self._torch_fn(x, states, weights)
         if unbatched:
-            return out.squeeze(1 if not self.batch_first else 0), (h_n.squeeze(1),
-                                                                  c_n.squeeze(1))
-        return out, (h_n, c_n)
+            out = out.squeeze(1 if not self.batch_first else 0)
+            finals = [f.squeeze(1) for f in finals]
+        return out, self._pack_states(finals)
+
+
+class LSTM(_RNNBase):
+    GATES, STATES, NAME = 4, 2, "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        if proj_size:
+            raise NotImplementedError("leedl_fast.nn.LSTM: proj_size > 0 is not supported; use "
+                                      "torch.nn.LSTM for projected LSTMs")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device, dtype)
+        self.proj_size = 0
+
+    def _states(self, hx):
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError("leedl_fast.nn.LSTM: hx must be a tuple (h_0, c_0)")
+        return tuple(hx)
+
+    def _pack_states(self, finals):
+        return tuple(finals)
+
+    def _layer(self, x, states, weights, reverse):
+        return lstm_layer(x, *states, *weights, reverse=reverse)
+
+    def _torch_fn(self, x, states, weights):
+        return torch.lstm(x, states, weights, self.bias, self.num_layers, self.dropout,
+                          self.training, self.bidirectional, self.batch_first)
+
+
+class GRU(_RNNBase):
+    GATES, STATES, NAME = 3, 1, "GRU"
+
+    def _states(self, hx):
+        if not isinstance(hx, torch.Tensor):
+            raise TypeError("leedl_fast.nn.GRU: hx must be a Tensor h_0")
+        return (hx,)
+
+    def _pack_states(self, finals):
+        return finals[0]
+
+    def _layer(self, x, states, weights, reverse):
+        return gru_layer(x, *states, *weights, reverse=reverse)
+
+    def _torch_fn(self, x, states, weights):
+        return torch.gru(x, states[0], weights, self.bias, self.num_layers, self.dropout,
+                         self.training, self.bidirectional, self.batch_first)

@@ -1,4 +1,4 @@
-"""The LSTM as the book writes it (BOOK.md §5.5-5.6), one step at a time: the oracle for the
+"""The LSTM (and GRU) as the book writes it (BOOK.md §5.5-5.6), one step at a time: the oracle for the
 recurrent kernels (run in float64) and the `reference` backend.
 
 The memory cell has four inputs, all linear in the step's input x_t and the previous output
@@ -63,3 +63,27 @@ def lstm(x, hx, weights, num_layers, bidirectional=False, batch_first=False):
         x = torch.cat(outs, dim=-1)
     out = x.transpose(0, 1) if batch_first else x
     return out, (torch.stack(h_n), torch.stack(c_n))
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU step (torch's gate order r, z, n; the book's §5: two gates, a reset r and an
+    update z): x (B, I), h (B, H) -> h_t."""
+    gx = x @ w_ih.T + (0 if b_ih is None else b_ih)
+    gh = h @ w_hh.T + (0 if b_hh is None else b_hh)
+    x_r, x_z, x_n = gx.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)                  # reset gate: how much of h feeds the candidate
+    z = torch.sigmoid(x_z + h_z)                  # update gate: keep h (z = 1) or take n
+    n = torch.tanh(x_n + r * h_n)                 # the candidate
+    return (1 - z) * n + z * h
+
+
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
+    """One GRU layer, one direction, over x (T, B, I): returns y (T, B, H), h_T."""
+    h = h0
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    ys = [None] * x.shape[0]
+    for t in steps:
+        h = gru_cell(x[t], h, w_ih, w_hh, b_ih, b_hh)
+        ys[t] = h
+    return torch.stack(ys), h
