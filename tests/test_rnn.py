@@ -305,3 +305,42 @@ def test_gru_bad_input():
         m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4),))
     with pytest.raises(RuntimeError, match="3 \\* hidden"):
         gru_fwd(torch.randn(4, 3, 14), torch.randn(15, 5), None, torch.randn(3, 5))
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+def test_cells_match_torch(kind, bias, batched):
+    theirs = getattr(torch.nn, kind)(6, 11, bias=bias)
+    ours = getattr(leedl_fast.nn, kind)(6, 11, bias=bias)
+    ours.load_state_dict(theirs.state_dict())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(*((5,) if batched else ()), 6)
+    state = torch.randn(*((5,) if batched else ()), 11)
+    hx = (state, state * 0.5) if kind == "LSTMCell" else state
+    for h in (None, hx):
+        got, want = [], []
+        for module, sink in ((ours, got), (theirs, want)):
+            leaves = [x.clone().requires_grad_(), *module.parameters()]
+            out = module(leaves[0], h)
+            outs = out if isinstance(out, tuple) else (out,)
+            loss = sum((o * (i + 1)).sum() for i, o in enumerate(outs))
+            sink.extend([*outs, *torch.autograd.grad(loss, leaves)])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+
+
+def test_accelerate_swaps_recurrent_modules_keeping_parameters():
+    model = torch.nn.Sequential()
+    model.add_module("lstm", torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True))
+    model.add_module("cell", torch.nn.GRUCell(4, 5))
+    x = torch.randn(7, 3, 4)
+    want = model.lstm(x)[0]
+    params = list(model.parameters())
+    keys = list(model.state_dict())
+    leedl_fast.accelerate(model)
+    assert isinstance(model.lstm, leedl_fast.nn.LSTM)
+    assert isinstance(model.cell, leedl_fast.nn.GRUCell)
+    assert list(model.state_dict()) == keys
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    torch.testing.assert_close(model.lstm(x)[0], want, atol=2e-5, rtol=2e-5)

@@ -218,3 +218,86 @@ class GRU(_RNNBase):
     def _torch_fn(self, x, states, weights):
         return torch.gru(x, states[0], weights, self.bias, self.num_layers, self.dropout,
                          self.training, self.bidirectional, self.batch_first)
+
+
+class _CellBase(torch.nn.Module):
+    """LSTMCell / GRUCell: torch's parameters (weight_ih, weight_hh, bias_ih, bias_hh) and
+    initialization; one step is the whole-sequence op with T = 1."""
+
+    GATES = 0
+    NAME = ""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        gates = self.GATES * hidden_size
+        self.weight_ih = torch.nn.Parameter(torch.empty(gates, input_size, **factory))
+        self.weight_hh = torch.nn.Parameter(torch.empty(gates, hidden_size, **factory))
+        if bias:
+            self.bias_ih = torch.nn.Parameter(torch.empty(gates, **factory))
+            self.bias_hh = torch.nn.Parameter(torch.empty(gates, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        bound = 1.0 / math.sqrt(hidden_size)
+        for p in self.parameters():
+            torch.nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+
+    def _prepare(self, input, states):
+        name = f"leedl_fast.nn.{self.NAME}"
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+            raise ValueError(f"{name}: input must be a 1-D or 2-D Tensor")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: input's last dim {input.shape[-1]} must equal "
+                             f"input_size={self.input_size}")
+        if input.dtype != self.weight_ih.dtype or input.device != self.weight_ih.device:
+            raise TypeError(f"{name}: input must match the weights' dtype and device "
+                            f"({self.weight_ih.dtype}, {self.weight_ih.device})")
+        x = input.unsqueeze(0) if input.dim() == 1 else input
+        want = (x.shape[0], self.hidden_size)
+        if states is None:
+            return x, [x.new_zeros(want)] * self.STATES
+        out = []
+        for label, t in zip(("h_0", "c_0"), states):
+            t = t.unsqueeze(0) if input.dim() == 1 and isinstance(t, torch.Tensor) else t
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
+                raise ValueError(f"{name}: {label} must have shape {list(want)}")
+            if t.dtype != x.dtype or t.device != x.device:
+                raise TypeError(f"{name}: {label} must match input's dtype and device")
+            out.append(t)
+        return x, out
+
+    def _weights(self):
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+
+class LSTMCell(_CellBase):
+    GATES, STATES, NAME = 4, 2, "LSTMCell"
+
+    def forward(self, input, hx=None):
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError("leedl_fast.nn.LSTMCell: hx must be a tuple (h_0, c_0)")
+        x, (h0, c0) = self._prepare(input, hx)
+        if x.device.type != "cpu" and _backend.forced_backend() != "reference":
+            h, c = torch.lstm_cell(x, (h0, c0), *self._weights())
+        else:
+            _, h, c = lstm_layer(x.unsqueeze(0), h0, c0, *self._weights())
+        return (h.squeeze(0), c.squeeze(0)) if input.dim() == 1 else (h, c)
+
+
+class GRUCell(_CellBase):
+    GATES, STATES, NAME = 3, 1, "GRUCell"
+
+    def forward(self, input, hx=None):
+        if hx is not None and not isinstance(hx, torch.Tensor):
+            raise TypeError("leedl_fast.nn.GRUCell: hx must be a Tensor h_0")
+        x, (h0,) = self._prepare(input, None if hx is None else (hx,))
+        if x.device.type != "cpu" and _backend.forced_backend() != "reference":
+            h = torch.gru_cell(x, h0, *self._weights())
+        else:
+            _, h = gru_layer(x.unsqueeze(0), h0, *self._weights())
+        return h.squeeze(0) if input.dim() == 1 else h
