@@ -1,8 +1,9 @@
 """Glue for the recurrent family (schemas: csrc/ops.cpp; math: docs/rnn.md).
 
 Registers the fake and autograd kernels of lstm_sequence_* and gru_sequence_* (the CPU kernels
-are C++: csrc/cpu/rnn.cpp), and `lstm_layer` / `gru_layer`, one layer and direction: the input
-projection for all steps as one GEMM (torch), then the recurrence as one op.
+are C++: csrc/cpu/rnn.cpp; the GPU ones are registered by rnn_gpu.py), and `lstm_layer` /
+`gru_layer`, one layer and direction: the input projection for all steps as one GEMM (torch),
+then the recurrence as one op, on whichever device the op's kernel for x's device runs.
 """
 import torch
 import torch.nn.functional as TF
@@ -55,9 +56,6 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
     Inputs are validated by the caller (leedl_fast.nn.LSTM)."""
     if _backend.forced_backend() == "reference":
         return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
-    if x.device.type != "cpu" or _backend.forced_backend() in ("triton", "cuda"):
-        raise NotImplementedError("leedl_fast: the LSTM has a C++ CPU kernel only so far; GPU "
-                                  "tensors run torch's own LSTM (leedl_fast.nn.LSTM does that)")
     bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
     gates_x = TF.linear(x, w_ih, bias)  # all steps' input projections: one GEMM
     if reverse:
@@ -107,9 +105,6 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
     """One GRU layer in one direction over x (T, B, I): returns y (T, B, H), h_T."""
     if _backend.forced_backend() == "reference":
         return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
-    if x.device.type != "cpu" or _backend.forced_backend() in ("triton", "cuda"):
-        raise NotImplementedError("leedl_fast: the GRU has a C++ CPU kernel only so far; GPU "
-                                  "tensors run torch's own GRU (leedl_fast.nn.GRU does that)")
     gates_x = TF.linear(x, w_ih, b_ih)
     if reverse:
         gates_x = gates_x.flip(0)

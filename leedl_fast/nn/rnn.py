@@ -11,8 +11,9 @@ It is a plain nn.Module rather than a subclass of torch.nn.LSTM: torch.compile r
 anything that is an instance of torch's RNN classes (dynamo's allow_rnn), and fullgraph
 compilation is part of the drop-in promise.
 
-CPU tensors run the C++ kernels (one op per layer and direction for the whole sequence). CUDA
-tensors run torch's own (cuDNN) until the GPU kernels land (issue 4).
+CPU tensors run the C++ kernels (one op per layer and direction for the whole sequence), CUDA
+tensors the GPU kernels (leedl_fast/_ops/rnn_gpu.py); a device without a leedl_fast kernel
+(or CUDA without triton) runs torch's own LSTM/GRU.
 """
 import math
 
@@ -21,6 +22,14 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import _backend
 from .._ops.rnn import gru_layer, lstm_layer
+
+
+def _has_kernel(input):
+    """CPU tensors have the C++ kernels; CUDA tensors the GPU kernels (Triton per step, CUDA
+    persistent where the weights fit), which need triton; other devices have none."""
+    if input.device.type == "cpu" or _backend.forced_backend() == "reference":
+        return True
+    return input.device.type == "cuda" and _backend.has_triton()
 
 
 class _RNNBase(torch.nn.Module):
@@ -122,8 +131,8 @@ class _RNNBase(torch.nn.Module):
             raise NotImplementedError(f"leedl_fast.nn.{self.NAME}: PackedSequence input is not "
                                       f"supported; pad the batch (or use torch.nn.{self.NAME})")
         self._check(input, hx)
-        if input.device.type != "cpu" and _backend.forced_backend() != "reference":
-            return self._torch_rnn(input, hx)  # no GPU kernel yet: torch's (cuDNN)
+        if not _has_kernel(input):
+            return self._torch_rnn(input, hx)  # no leedl_fast kernel for this device: torch's
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first
                                                    else input)
@@ -282,7 +291,7 @@ class LSTMCell(_CellBase):
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError("leedl_fast.nn.LSTMCell: hx must be a tuple (h_0, c_0)")
         x, (h0, c0) = self._prepare(input, hx)
-        if x.device.type != "cpu" and _backend.forced_backend() != "reference":
+        if not _has_kernel(x):
             h, c = torch.lstm_cell(x, (h0, c0), *self._weights())
         else:
             _, h, c = lstm_layer(x.unsqueeze(0), h0, c0, *self._weights())
@@ -296,7 +305,7 @@ class GRUCell(_CellBase):
         if hx is not None and not isinstance(hx, torch.Tensor):
             raise TypeError("leedl_fast.nn.GRUCell: hx must be a Tensor h_0")
         x, (h0,) = self._prepare(input, None if hx is None else (hx,))
-        if x.device.type != "cpu" and _backend.forced_backend() != "reference":
+        if not _has_kernel(x):
             h = torch.gru_cell(x, h0, *self._weights())
         else:
             _, h = gru_layer(x.unsqueeze(0), h0, *self._weights())
