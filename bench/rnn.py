@@ -12,8 +12,11 @@ B x H x 4H product) as much as compute-bound.
 CPU cases (fp32): the issue's acceptance shape (hidden 256, batch 16, sequence 256, one layer),
 two layers, and hidden 512 / batch 64 and hidden 1024 / batch 1. torch.compile of the Python
 loop is timed at the smallest sequence only (compiling an unrolled 256-step loop takes minutes).
-GPU: no cases until the CUDA kernel lands (leedl_fast.nn.LSTM runs torch's cuDNN path on CUDA
-tensors meanwhile, so a GPU row would time torch against itself).
+GPU cases (bf16: the persistent kernel keeps W_hh on chip up to hidden 1024 in 16-bit types):
+hidden 256-1024, batch 1-64, sequence 256-1024, 1 and 4 layers, against cuDNN, with
+leedl_fast's two GPU paths side by side: "triton" (per step: a cuBLAS product and one fused
+Triton gate kernel) and "cuda" (the whole sequence in one persistent launch, falling back to the
+per-step path where the weights do not fit).
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ from bench.harness import COMPILE, EAGER, Case, step, with_backend
 # (hidden, batch, sequence, layers); the first is the issue's acceptance shape.
 CPU_SHAPES = [(256, 16, 256, 1), (256, 16, 256, 2), (512, 64, 128, 1), (1024, 1, 128, 1)]
 COMPILE_SHAPE = (256, 16, 32, 1)
+GPU_SHAPES = [(256, 16, 256, 1), (512, 64, 512, 1), (1024, 64, 256, 1), (1024, 1, 1024, 1),
+              (512, 16, 256, 4)]
+GPU_COMPILE_SHAPE = (256, 16, 128, 1)
 
 
 def _flops(h, b, t, layers, mode):
@@ -45,25 +51,26 @@ def _python_loop(cells):
     return run
 
 
-def _builder(h, b, t, layers, mode, compiled):
+def _builder(h, b, t, layers, mode, compiled, device="cpu", dtype=torch.float32):
     def build():
         import leedl_fast
 
         torch.manual_seed(0)
-        theirs = torch.nn.LSTM(h, h, num_layers=layers)
-        ours = leedl_fast.nn.LSTM(h, h, num_layers=layers)
+        factory = {"device": device, "dtype": dtype}
+        theirs = torch.nn.LSTM(h, h, num_layers=layers, **factory)
+        ours = leedl_fast.nn.LSTM(h, h, num_layers=layers, **factory)
         ours.load_state_dict(theirs.state_dict())
         cells = []
         for layer in range(layers):
-            cell = torch.nn.LSTMCell(h, h)
+            cell = torch.nn.LSTMCell(h, h, **factory)
             cell.load_state_dict({k.replace(f"_l{layer}", ""): v for k, v in
                                   theirs.state_dict().items() if k.endswith(f"_l{layer}")})
             cells.append(cell)
-        x = torch.randn(t, b, h)
+        x = torch.randn(t, b, h, **factory)
         leaves, grads = (), ()
         if mode == "fwd+bwd":
             x.requires_grad_(True)
-            grads = (torch.randn(t, b, h),)
+            grads = (torch.randn(t, b, h, **factory),)
 
         def params(module):
             return (x, *module.parameters()) if mode == "fwd+bwd" else ()
@@ -72,12 +79,14 @@ def _builder(h, b, t, layers, mode, compiled):
             return lambda x: module(x)[0]
 
         loop = _python_loop(cells)
-        fns = {EAGER: step(first(theirs), (x,), mode, params(theirs), grads),
-               "leedl_fast:cpu": with_backend(step(first(ours), (x,), mode, params(ours),
-                                                   grads), "cpu"),
-               "python loop": step(loop, (x,), mode,
-                                   (x, *(p for c in cells for p in c.parameters()))
-                                   if mode == "fwd+bwd" else leaves, grads)}
+        fns = {EAGER: step(first(theirs), (x,), mode, params(theirs), grads)}
+        for backend in (("cpu",) if device == "cpu" else ("triton", "cuda")):
+            fns[f"leedl_fast:{backend}"] = with_backend(
+                step(first(ours), (x,), mode, params(ours), grads), backend)
+        if device == "cpu" or t * layers <= 256:  # (on a GPU: ~6 launches a step, slow to time)
+            fns["python loop"] = step(loop, (x,), mode,
+                                      (x, *(p for c in cells for p in c.parameters()))
+                                      if mode == "fwd+bwd" else leaves, grads)
         if compiled:
             fns[COMPILE] = step(torch.compile(loop, fullgraph=True, dynamic=False), (x,), mode,
                                 (x, *(p for c in cells for p in c.parameters()))
@@ -97,20 +106,27 @@ def _no_grad(fn):
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    if device.startswith("cuda"):
-        return []  # see the module docstring
-    shapes = [(64, 4, 16, 1)] if quick else CPU_SHAPES + [COMPILE_SHAPE]
+    gpu = device.startswith("cuda")
+    if gpu:
+        shapes = [(256, 16, 64, 1)] if quick else GPU_SHAPES + [GPU_COMPILE_SHAPE]
+        dtype, compile_shape = torch.bfloat16, GPU_COMPILE_SHAPE
+    else:
+        shapes = [(64, 4, 16, 1)] if quick else CPU_SHAPES + [COMPILE_SHAPE]
+        dtype, compile_shape = torch.float32, COMPILE_SHAPE
     out = []
     for h, b, t, layers in shapes:
         for mode in ("fwd", "fwd+bwd"):
             target = None
-            if (h, b, t, layers) == CPU_SHAPES[0]:
+            if not gpu and (h, b, t, layers) == CPU_SHAPES[0]:
                 target = ("leedl_fast:cpu", 1.3 if mode == "fwd" else 1.0)
+            if gpu and (h, b, t, layers) in GPU_SHAPES:
+                target = ("leedl_fast:cuda", 1.5 if mode == "fwd" else 1.2)
             op = "lstm" if layers == 1 else f"lstm_{layers}layers"
-            out.append(Case(family="rnn", op=op, mode=mode, shape=(h, b, t),
-                            dtype=torch.float32, device=device,
-                            nbytes=4 * layers * (2 * t * b * h + 8 * h * h),
+            elem = torch.empty((), dtype=dtype).element_size()
+            out.append(Case(family="rnn", op=op, mode=mode, shape=(h, b, t), dtype=dtype,
+                            device=device,
+                            nbytes=elem * layers * (2 * t * b * h + 8 * h * h),
                             build=_builder(h, b, t, layers, mode,
-                                           compiled=(h, b, t, layers) == COMPILE_SHAPE),
+                                           (h, b, t, layers) == compile_shape, device, dtype),
                             target=target, flops=_flops(h, b, t, layers, mode)))
     return out
