@@ -1,8 +1,8 @@
-"""Recurrent family: leedl_fast.nn.LSTM (the C++ whole-sequence kernel on CPU) against
-torch.nn.LSTM (oneDNN's fused RNN on CPU, cuDNN on GPU), the book's cell as a Python loop, and
-torch.compile of that loop.
+"""Recurrent family: leedl_fast.nn.LSTM / GRU (the C++ whole-sequence kernels on CPU) against
+torch.nn.LSTM / GRU (oneDNN's fused RNN on CPU, cuDNN on GPU), the book's cell as a Python loop,
+and torch.compile of that loop. The GRU is sampled at the first shape only.
 
-FLOPs per layer and direction: 2·T·B·(I + H)·4H for the four gates' products (the input
+FLOPs per layer and direction: 2·T·B·(I + H)·4H for the LSTM's four gates' products (3H: GRU) (the input
 projection and the recurrent one, equal when I = H), training 3x that (the backward has two
 products per forward product); the pointwise gate math is noise next to it. Bytes: the op is
 not bandwidth-bound (the weights are re-read from cache every step), so GB/s is not the column
@@ -32,37 +32,41 @@ GPU_SHAPES = [(256, 16, 256, 1), (512, 64, 512, 1), (1024, 64, 256, 1), (1024, 1
 GPU_COMPILE_SHAPE = (256, 16, 128, 1)
 
 
-def _flops(h, b, t, layers, mode):
-    fwd = layers * 2 * t * b * (h + h) * 4 * h
+def _flops(h, b, t, layers, mode, gates=4):
+    fwd = layers * 2 * t * b * (h + h) * gates * h
     return fwd if mode == "fwd" else 3 * fwd
 
 
 def _python_loop(cells):
-    """The book's LSTM as most people write it: an nn.LSTMCell per layer, stepped in Python."""
+    """The book's recurrence as most people write it: an nn.LSTMCell (or GRUCell) per layer,
+    stepped in Python."""
     def run(x):
         for cell in cells:
             h = c = x.new_zeros(x.shape[1], cell.hidden_size)
             ys = []
             for t in range(x.shape[0]):
-                h, c = cell(x[t], (h, c))
+                if isinstance(cell, torch.nn.LSTMCell):
+                    h, c = cell(x[t], (h, c))
+                else:
+                    h = cell(x[t], h)
                 ys.append(h)
             x = torch.stack(ys)
         return x
     return run
 
 
-def _builder(h, b, t, layers, mode, compiled, device="cpu", dtype=torch.float32):
+def _builder(h, b, t, layers, mode, compiled, device="cpu", dtype=torch.float32, kind="LSTM"):
     def build():
         import leedl_fast
 
         torch.manual_seed(0)
         factory = {"device": device, "dtype": dtype}
-        theirs = torch.nn.LSTM(h, h, num_layers=layers, **factory)
-        ours = leedl_fast.nn.LSTM(h, h, num_layers=layers, **factory)
+        theirs = getattr(torch.nn, kind)(h, h, num_layers=layers, **factory)
+        ours = getattr(leedl_fast.nn, kind)(h, h, num_layers=layers, **factory)
         ours.load_state_dict(theirs.state_dict())
         cells = []
         for layer in range(layers):
-            cell = torch.nn.LSTMCell(h, h, **factory)
+            cell = getattr(torch.nn, kind + "Cell")(h, h, **factory)
             cell.load_state_dict({k.replace(f"_l{layer}", ""): v for k, v in
                                   theirs.state_dict().items() if k.endswith(f"_l{layer}")})
             cells.append(cell)
@@ -114,19 +118,22 @@ def cases(device: str, quick: bool) -> list[Case]:
         shapes = [(64, 4, 16, 1)] if quick else CPU_SHAPES + [COMPILE_SHAPE]
         dtype, compile_shape = torch.float32, COMPILE_SHAPE
     out = []
-    for h, b, t, layers in shapes:
+    grid = [("LSTM", shape) for shape in shapes] + [("GRU", shapes[0])]  # GRU: one shape
+    for kind, (h, b, t, layers) in grid:
         for mode in ("fwd", "fwd+bwd"):
             target = None
-            if not gpu and (h, b, t, layers) == CPU_SHAPES[0]:
+            if kind == "LSTM" and not gpu and (h, b, t, layers) == CPU_SHAPES[0]:
                 target = ("leedl_fast:cpu", 1.3 if mode == "fwd" else 1.0)
-            if gpu and (h, b, t, layers) in GPU_SHAPES:
+            if kind == "LSTM" and gpu and (h, b, t, layers) in GPU_SHAPES:
                 target = ("leedl_fast:cuda", 1.5 if mode == "fwd" else 1.2)
-            op = "lstm" if layers == 1 else f"lstm_{layers}layers"
+            op = kind.lower() + ("" if layers == 1 else f"_{layers}layers")
             elem = torch.empty((), dtype=dtype).element_size()
+            gates = 4 if kind == "LSTM" else 3
             out.append(Case(family="rnn", op=op, mode=mode, shape=(h, b, t), dtype=dtype,
                             device=device,
-                            nbytes=elem * layers * (2 * t * b * h + 8 * h * h),
+                            nbytes=elem * layers * (2 * t * b * h + 2 * gates * h * h),
                             build=_builder(h, b, t, layers, mode,
-                                           (h, b, t, layers) == compile_shape, device, dtype),
-                            target=target, flops=_flops(h, b, t, layers, mode)))
+                                           kind == "LSTM" and (h, b, t, layers) == compile_shape,
+                                           device, dtype, kind),
+                            target=target, flops=_flops(h, b, t, layers, mode, gates)))
     return out
