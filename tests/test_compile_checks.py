@@ -105,7 +105,25 @@ def _attention_rows():
     return rows
 
 
-CONFIGS = {"norm": _norm_rows(), "attention": _attention_rows()}
+# Recurrent step kernels: a row's `width` is the hidden size H (the launcher's step_config maps
+# it to BLOCK_H / num_warps); flags: the GRU forward's bias, "unaligned" for an odd H whose
+# per-step views and rows lose 16-byte alignment (the launcher passes views at t * B * kH).
+RNN_KERNELS = ("lstm_fwd_step_kernel", "lstm_bwd_step_kernel", "gru_fwd_step_kernel",
+               "gru_bwd_step_kernel")
+
+
+def _rnn_rows():
+    flags = {"gru_fwd_step_kernel": "bias"}
+    rows = [(k, dt, h, flags.get(k, ""), 90) for k in RNN_KERNELS for dt in DTYPES
+            for h in (256, 1024)]
+    rows += [("gru_fwd_step_kernel", "bf16", 1024, "nobias", 90)]
+    rows += [(k, "fp64", 256, flags.get(k, ""), 90) for k in RNN_KERNELS]
+    rows += [(k, dt, 1023, "unaligned", 90) for k in RNN_KERNELS for dt in ("fp16", "fp32")]
+    rows += [(k, dt, 1024, flags.get(k, ""), 80) for k in RNN_KERNELS for dt in ("fp16", "bf16")]
+    return rows
+
+
+CONFIGS = {"norm": _norm_rows(), "attention": _attention_rows(), "rnn": _rnn_rows()}
 
 # Spills accepted on purpose, with the reason: {(kernel, case id): reason} for Triton cases and
 # {(file name, arch): reason} for nvcc. Anything else that spills fails: fix it or justify it here.
@@ -203,7 +221,35 @@ def _resolve_attention_bwd(mod, kernel, t, head_dim, flags):
     return sig, consts, {"num_warps": warps, "num_stages": stages}, ptrs
 
 
-RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention}
+# The recurrent step kernels' arguments (kernels/rnn.py docstring): "t" is the input dtype, "acc"
+# the fp32 (fp64) buffers. The GRU forward without bias gets its fp32 pre-activation buffer as the
+# dummy B_HH pointer.
+RNN_ARGS = {
+    "lstm_fwd_step_kernel": dict(HW="acc", GX="t", C_PREV="acc", GATES="acc", C="acc", H_OUT="t"),
+    "lstm_bwd_step_kernel": dict(GATES="acc", C="acc", C_PREV="acc", DY="t", DH_REC="acc",
+                                 DC="acc", DG="t"),
+    "gru_fwd_step_kernel": dict(HW="acc", B_HH="t", GX="t", H_PREV="t", SAVED="acc", H_OUT="t"),
+    "gru_bwd_step_kernel": dict(SAVED="acc", H_PREV="t", DY="t", DH_REC="acc", DH_DIRECT="acc",
+                                DGX="t", DGH="t"),
+}
+
+
+def _resolve_rnn(mod, kernel, dtype, hidden, flags):
+    types = {"t": f"*{dtype}", "acc": "*fp64" if dtype == "fp64" else "*fp32"}
+    args = dict(RNN_ARGS[kernel])
+    if flags == "nobias":
+        args["B_HH"] = "acc"
+    sig = {name: types[kind] for name, kind in args.items()}
+    sig["H"] = "i32"
+    block, warps = mod.step_config(hidden)
+    consts = {"BLOCK_H": block}
+    if kernel == "gru_fwd_step_kernel":
+        consts["HAS_BIAS"] = flags != "nobias"
+    aligned = [] if flags == "unaligned" else list(args) + (["H"] if hidden % 16 == 0 else [])
+    return sig, consts, warps, aligned
+
+
+RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention, "rnn": _resolve_rnn}
 
 
 # ---------------------------------------------------------------------------------- the worker
@@ -282,7 +328,8 @@ def worker(jobs_path, out_path):
                                              sm_arch_from_capability(arch))
             results[cid] = {"ok": True, "shared": compiled.metadata.shared,
                             "num_warps": options["num_warps"],
-                            "constexprs": {k: consts[k] for k in ("BLOCK_N", "SINGLE_BLOCK")
+                            "constexprs": {k: consts[k] for k in ("BLOCK_N", "SINGLE_BLOCK",
+                                                                  "BLOCK_H")
                                            if k in consts}, **seen_ptx[key]}
         except Exception as e:  # noqa: BLE001 -- reported per case by the parent
             results[cid] = {"ok": False,
@@ -485,7 +532,8 @@ def _print_table():
             print(f"{job['id']:58} FAILED: {r['error'].splitlines()[0]}")
             continue
         c = r["constexprs"]
-        print(f"{job['id']:58} {c.get('BLOCK_N', '-'):>7} {str(c.get('SINGLE_BLOCK', '-')):>6} "
+        block = c.get("BLOCK_N", c.get("BLOCK_H", "-"))
+        print(f"{job['id']:58} {block:>7} {str(c.get('SINGLE_BLOCK', '-')):>6} "
               f"{r['num_warps']:>5} {r['regs']:>4} {r['spill_stores']:>5}/{r['spill_loads']:<5} "
               f"{r['stack']:>5} {r['shared']:>6}")
 
