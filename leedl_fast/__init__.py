@@ -12,6 +12,7 @@ from ._backend import BACKENDS, available_backends, backend, forced_backend
 from ._ops import attention as _attention_ops  # noqa: F401  (fake, GPU, autograd)
 from ._ops import norm as _norm_ops  # noqa: F401  (fake, GPU and autograd registrations)
 from ._ops import rnn as _rnn_ops  # noqa: F401  (fake and autograd registrations)
+from ._ops import rnn_gpu as _rnn_gpu_ops  # noqa: F401
 from . import functional, nn  # noqa: E402
 from .accelerate import accelerate  # noqa: E402
 
