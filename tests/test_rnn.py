@@ -1,11 +1,15 @@
 """The recurrent family: leedl_fast.nn.LSTM / GRU (C++ whole-sequence kernels on CPU) against
 torch.nn.LSTM / GRU with the same weights and against the float64 reference (the book's cell,
 §5.5); the raw ops (opcheck, gradcheck), torch.compile, bad input."""
+import contextlib
+
 import pytest
 import torch
 
 import leedl_fast
 from leedl_fast.reference import rnn as ref
+
+from .conftest import cpu_backends
 
 fwd_op = torch.ops.leedl_fast.lstm_sequence_fwd
 bwd_op = torch.ops.leedl_fast.lstm_sequence_bwd
@@ -344,3 +348,24 @@ def test_accelerate_swaps_recurrent_modules_keeping_parameters():
     assert list(model.state_dict()) == keys
     assert all(a is b for a, b in zip(model.parameters(), params))
     torch.testing.assert_close(model.lstm(x)[0], want, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_modules_on_every_cpu_backend(backend, kind):
+    """The same module through the C++ kernels, the Triton per-step path (interpreter) and the
+    reference, against torch's module: outputs and every gradient."""
+    theirs = getattr(torch.nn, kind)(5, 9, num_layers=2, bidirectional=True)
+    ours = getattr(leedl_fast.nn, kind)(5, 9, num_layers=2, bidirectional=True)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 3, 5)
+    results = []
+    for module, name in ((ours, backend), (theirs, None)):
+        leaves = [x.clone().requires_grad_(), *module.parameters()]
+        with leedl_fast.backend(name) if name else contextlib.nullcontext():
+            out, state = module(leaves[0])
+            states = state if isinstance(state, tuple) else (state,)
+            loss = out.sum() + sum((s * (i + 2)).sum() for i, s in enumerate(states))
+            results.append([out, *states, *torch.autograd.grad(loss, leaves)])
+    for g, w in zip(*results):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
