@@ -1,8 +1,9 @@
-// Torch binding of the CUDA C++ normalization forwards (device code: norm.cuh), built by setup.py
-// as its own extension module, leedl_fast._C_cuda, only where torch has CUDA. It is reached from
-// Python through leedl_fast/_ops/norm_cuda.py, which plugs these functions into the "cuda"
-// kernels of the torch.library ops, so the four functions below take and return exactly what
-// the schemas in csrc/ops.cpp say (and what the CPU kernels in csrc/cpu/norm.cpp return):
+// Torch binding of the CUDA C++ normalization forwards (device code: norm.cuh), part of the
+// extension leedl_fast._C_cuda (module.cu), which setup.py builds only where torch has CUDA.
+// It is reached from Python through leedl_fast/_ops/norm_cuda.py, which plugs these functions
+// into the "cuda" kernels of the torch.library ops, so the four functions below take and
+// return exactly what the schemas in csrc/ops.cpp say (and what the CPU kernels in
+// csrc/cpu/norm.cpp return):
 //   layer_norm_fwd(x, weight?, bias?, eps)               -> (out, mean, rstd)
 //   rms_norm_fwd(x, weight?, eps)                        -> (out, rstd)
 //   add_layer_norm_fwd(x, residual, weight?, bias?, eps) -> (out, residual_out, mean, rstd)
@@ -155,17 +156,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_fwd(
 }
 
 }  // namespace
-}  // namespace leedl_fast
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+// Called by module.cu's PYBIND11_MODULE.
+void bind_norm(pybind11::module_& m) {
   namespace py = pybind11;
-  m.doc() = "leedl_fast CUDA C++ kernels (forward only); called through leedl_fast._ops";
-  m.def("layer_norm_fwd", &leedl_fast::layer_norm_fwd, py::arg("x"), py::arg("weight"),
-        py::arg("bias"), py::arg("eps"));
-  m.def("rms_norm_fwd", &leedl_fast::rms_norm_fwd, py::arg("x"), py::arg("weight"),
+  m.def("layer_norm_fwd", &layer_norm_fwd, py::arg("x"), py::arg("weight"), py::arg("bias"),
         py::arg("eps"));
-  m.def("add_layer_norm_fwd", &leedl_fast::add_layer_norm_fwd, py::arg("x"), py::arg("residual"),
+  m.def("rms_norm_fwd", &rms_norm_fwd, py::arg("x"), py::arg("weight"), py::arg("eps"));
+  m.def("add_layer_norm_fwd", &add_layer_norm_fwd, py::arg("x"), py::arg("residual"),
         py::arg("weight"), py::arg("bias"), py::arg("eps"));
-  m.def("add_rms_norm_fwd", &leedl_fast::add_rms_norm_fwd, py::arg("x"), py::arg("residual"),
+  m.def("add_rms_norm_fwd", &add_rms_norm_fwd, py::arg("x"), py::arg("residual"),
         py::arg("weight"), py::arg("eps"));
 }
+
+}  // namespace leedl_fast
