@@ -10,6 +10,7 @@ against the C++ CPU ops and against torch.nn.LSTM / GRU (error vs float64 at mos
 3x for gradients), the fallback at a hidden size too big for the chip, empty and
 non-contiguous inputs.
 """
+import contextlib
 import os
 import shutil
 import subprocess
@@ -143,9 +144,17 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HIDDEN = [64, 256, 1024]
 BATCH = [1, 16, 64]
 STEPS = [1, 37]
-# max |got - want| / max(1, max |want|) against the C++ CPU op on the same inputs: both compute
-# in fp32 (summation order differs); 16-bit outputs are rounded once at the end.
-CPU_TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+# (dtype, tensor cores): fp16/bf16 run on tensor cores by default, on CUDA cores when turned off
+PATHS = [(torch.float32, False), (torch.float16, True), (torch.float16, False),
+         (torch.bfloat16, True), (torch.bfloat16, False)]
+PATH_IDS = ["fp32", "fp16-tensor-cores", "fp16-cuda-cores", "bf16-tensor-cores",
+            "bf16-cuda-cores"]
+# max |got - want| / max(1, max |want|) against the C++ CPU op on the same inputs. CUDA cores:
+# both compute in fp32 (summation order differs), 16-bit outputs are rounded once at the end.
+# Tensor cores: the step's h (dG backward) is rounded to the dtype as the product's operand.
+CPU_TOL = {(torch.float32, False): 1e-4, (torch.float16, False): 4e-3,
+           (torch.bfloat16, False): 3e-2, (torch.float16, True): 1.5e-2,
+           (torch.bfloat16, True): 8e-2}
 
 
 def _ext_or_fail():
@@ -164,6 +173,15 @@ def kernel_only(monkeypatch):
         raise AssertionError(f"{op} fell back to the per-step path")
 
     monkeypatch.setattr(rnn_cuda, "_fallback", no_fallback)
+
+
+@contextlib.contextmanager
+def tensor_cores(enabled):
+    old = rnn_cuda.use_tensor_cores(enabled)
+    try:
+        yield
+    finally:
+        rnn_cuda.use_tensor_cores(old)
 
 
 def rel_err(got, want):
@@ -202,26 +220,33 @@ def assert_outputs_close(got, want, tol, what):
         assert err <= tol, f"{what} output {k}: relative error {err:.2e} > {tol:.0e}"
 
 
+def _expect_kernel(monkeypatch, fwd, bwd, hidden, batch, dtype):
+    """Where rnn_cuda.fits() says the persistent kernels fit, falling back is a failure."""
+    if rnn_cuda.fits(fwd, hidden, batch, dtype) and rnn_cuda.fits(bwd, hidden, batch, dtype):
+        monkeypatch.setattr(rnn_cuda, "_fallback", _no_fallback)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("batch", BATCH)
 @pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
-def test_lstm_matches_the_cpu_op(dtype, hidden, batch, steps, monkeypatch):
+@pytest.mark.parametrize("dtype, cores", PATHS, ids=PATH_IDS)
+def test_lstm_matches_the_cpu_op(dtype, cores, hidden, batch, steps, monkeypatch):
     _ext_or_fail()
-    if rnn_cuda.fits("lstm_sequence_fwd", hidden, batch, dtype) and \
-            rnn_cuda.fits("lstm_sequence_bwd", hidden, batch, dtype):
-        monkeypatch.setattr(rnn_cuda, "_fallback", _no_fallback)
-    args = lstm_inputs(steps, batch, hidden, dtype)
-    got = rnn_cuda.lstm_sequence_fwd(*args)
-    want = torch.ops.leedl_fast.lstm_sequence_fwd(*cpu(args))
-    assert_outputs_close(got, want, CPU_TOL[dtype], "lstm_sequence_fwd")
-    _, w_hh, h0, c0 = args
-    grads = (torch.randn_like(got[0]), torch.randn_like(h0), torch.randn_like(c0))
-    got_b = rnn_cuda.lstm_sequence_bwd(*grads, got[4], got[3], got[0], h0, c0, w_hh)
-    want_b = torch.ops.leedl_fast.lstm_sequence_bwd(*cpu(grads), want[4], want[3], want[0],
-                                                    *cpu((h0, c0, w_hh)))
-    assert_outputs_close(got_b, want_b, CPU_TOL[dtype], "lstm_sequence_bwd")
+    tol = CPU_TOL[dtype, cores]
+    with tensor_cores(cores):
+        _expect_kernel(monkeypatch, "lstm_sequence_fwd", "lstm_sequence_bwd", hidden, batch,
+                       dtype)
+        args = lstm_inputs(steps, batch, hidden, dtype)
+        got = rnn_cuda.lstm_sequence_fwd(*args)
+        want = torch.ops.leedl_fast.lstm_sequence_fwd(*cpu(args))
+        assert_outputs_close(got, want, tol, "lstm_sequence_fwd")
+        _, w_hh, h0, c0 = args
+        grads = (torch.randn_like(got[0]), torch.randn_like(h0), torch.randn_like(c0))
+        got_b = rnn_cuda.lstm_sequence_bwd(*grads, got[4], got[3], got[0], h0, c0, w_hh)
+        want_b = torch.ops.leedl_fast.lstm_sequence_bwd(*cpu(grads), want[4], want[3],
+                                                        want[0], *cpu((h0, c0, w_hh)))
+        assert_outputs_close(got_b, want_b, tol, "lstm_sequence_bwd")
 
 
 @pytest.mark.gpu
@@ -229,22 +254,40 @@ def test_lstm_matches_the_cpu_op(dtype, hidden, batch, steps, monkeypatch):
 @pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("batch", BATCH)
 @pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
-def test_gru_matches_the_cpu_op(dtype, hidden, batch, steps, bias, monkeypatch):
+@pytest.mark.parametrize("dtype, cores", PATHS, ids=PATH_IDS)
+def test_gru_matches_the_cpu_op(dtype, cores, hidden, batch, steps, bias, monkeypatch):
     _ext_or_fail()
-    if rnn_cuda.fits("gru_sequence_fwd", hidden, batch, dtype) and \
-            rnn_cuda.fits("gru_sequence_bwd", hidden, batch, dtype):
-        monkeypatch.setattr(rnn_cuda, "_fallback", _no_fallback)
-    args = gru_inputs(steps, batch, hidden, dtype, bias)
-    got = rnn_cuda.gru_sequence_fwd(*args)
-    want = torch.ops.leedl_fast.gru_sequence_fwd(*cpu(args))
-    assert_outputs_close(got, want, CPU_TOL[dtype], "gru_sequence_fwd")
-    _, w_hh, _, h0 = args
-    grads = (torch.randn_like(got[0]), torch.randn_like(h0))
-    got_b = rnn_cuda.gru_sequence_bwd(*grads, got[2], got[0], h0, w_hh, bias)
-    want_b = torch.ops.leedl_fast.gru_sequence_bwd(*cpu(grads), want[2], want[0],
-                                                   *cpu((h0, w_hh)), bias)
-    assert_outputs_close(got_b, want_b, CPU_TOL[dtype], "gru_sequence_bwd")
+    tol = CPU_TOL[dtype, cores]
+    with tensor_cores(cores):
+        _expect_kernel(monkeypatch, "gru_sequence_fwd", "gru_sequence_bwd", hidden, batch,
+                       dtype)
+        args = gru_inputs(steps, batch, hidden, dtype, bias)
+        got = rnn_cuda.gru_sequence_fwd(*args)
+        want = torch.ops.leedl_fast.gru_sequence_fwd(*cpu(args))
+        assert_outputs_close(got, want, tol, "gru_sequence_fwd")
+        _, w_hh, _, h0 = args
+        grads = (torch.randn_like(got[0]), torch.randn_like(h0))
+        got_b = rnn_cuda.gru_sequence_bwd(*grads, got[2], got[0], h0, w_hh, bias)
+        want_b = torch.ops.leedl_fast.gru_sequence_bwd(*cpu(grads), want[2], want[0],
+                                                       *cpu((h0, w_hh)), bias)
+        assert_outputs_close(got_b, want_b, tol, "gru_sequence_bwd")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_tensor_cores_switch(dtype, kernel_only):
+    """On sm_80+ the 16-bit default runs the tensor-core product: its results differ from the
+    CUDA-core product's (the operand rounding) but stay close; turning it off is honoured."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("tensor-core kernels need sm_80+")
+    args = lstm_inputs(9, 16, 256, dtype)
+    with tensor_cores(True):
+        on = rnn_cuda.lstm_sequence_fwd(*args)
+    with tensor_cores(False):
+        off = rnn_cuda.lstm_sequence_fwd(*args)
+    assert not torch.equal(on[3], off[3])  # cells, fp32
+    for a, b in zip(on, off):
+        assert rel_err(a, b) <= CPU_TOL[dtype, True]
 
 
 def _no_fallback(op, *args):
@@ -351,6 +394,7 @@ def test_too_big_for_the_chip_falls_back_to_the_per_step_path(dtype, monkeypatch
     _ext_or_fail()
     pytest.importorskip("leedl_fast.kernels.rnn", reason="the per-step path needs triton")
     hidden, batch, steps = TOO_BIG, 2, 3
+    tol = CPU_TOL[dtype, dtype != torch.float32]  # the per-step path's products run in dtype
     calls = []
     fallback = rnn_cuda._fallback
     monkeypatch.setattr(rnn_cuda, "_fallback",
@@ -358,17 +402,17 @@ def test_too_big_for_the_chip_falls_back_to_the_per_step_path(dtype, monkeypatch
     args = lstm_inputs(steps, batch, hidden, dtype)
     got = rnn_cuda.lstm_sequence_fwd(*args)
     want = torch.ops.leedl_fast.lstm_sequence_fwd(*cpu(args))
-    assert_outputs_close(got, want, CPU_TOL[dtype], "lstm_sequence_fwd (fallback)")
+    assert_outputs_close(got, want, tol, "lstm_sequence_fwd (fallback)")
     _, w_hh, h0, c0 = args
     grads = (torch.randn_like(got[0]), torch.randn_like(h0), torch.randn_like(c0))
     got_b = rnn_cuda.lstm_sequence_bwd(*grads, got[4], got[3], got[0], h0, c0, w_hh)
     want_b = torch.ops.leedl_fast.lstm_sequence_bwd(*cpu(grads), want[4], want[3], want[0],
                                                     *cpu((h0, c0, w_hh)))
-    assert_outputs_close(got_b, want_b, CPU_TOL[dtype], "lstm_sequence_bwd (fallback)")
+    assert_outputs_close(got_b, want_b, tol, "lstm_sequence_bwd (fallback)")
     gargs = gru_inputs(steps, batch, hidden, dtype, True)
     got = rnn_cuda.gru_sequence_fwd(*gargs)
-    assert_outputs_close(got, torch.ops.leedl_fast.gru_sequence_fwd(*cpu(gargs)),
-                         CPU_TOL[dtype], "gru_sequence_fwd (fallback)")
+    assert_outputs_close(got, torch.ops.leedl_fast.gru_sequence_fwd(*cpu(gargs)), tol,
+                         "gru_sequence_fwd (fallback)")
     assert calls == ["lstm_sequence_fwd", "lstm_sequence_bwd", "gru_sequence_fwd"]
 
 

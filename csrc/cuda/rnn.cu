@@ -14,12 +14,15 @@
 // float16, bfloat16 and float32 (float64 raises: the caller sends it to the per-step path).
 // The recurrence state, saved activations and the gradients the host GEMMs read are fp32, as
 // on the CPU: dW_hh = sum_t dG_t^T h_{t-1} is one at::mm over all steps in fp32, then rounded.
+// fp16/bf16 run the per-step product on tensor cores (sm_80+; h or dG rounded to the dtype as
+// its operand, like torch's GEMMs in that dtype) unless rnn_set_tensor_cores(False).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <atomic>
 #include <climits>
 #include <initializer_list>
 #include <optional>
@@ -81,10 +84,16 @@ auto dispatch(at::ScalarType dtype, Body&& body) {
   }
 }
 
+// Tensor cores for fp16/bf16 (sm_80+) where they fit: on by default; tests and benchmarks turn
+// them off to run the CUDA-core product (set_tensor_cores).
+std::atomic<bool> g_tensor_cores{true};
+
+rnn::RnnOptions launch_options() { return rnn::RnnOptions{g_tensor_cores.load(), false}; }
+
 template <typename T>
 bool fits(rnn::RnnKernel kind, int64_t hidden, int64_t batch) {
-  const cudaError_t err =
-      rnn::rnn_fits<T>(kind, static_cast<int>(hidden), static_cast<int>(batch));
+  const cudaError_t err = rnn::rnn_fits<T>(kind, static_cast<int>(hidden),
+                                           static_cast<int>(batch), g_tensor_cores.load());
   if (err == rnn::kDoesNotFit) return false;
   TORCH_CHECK(err == cudaSuccess, "leedl_fast rnn: CUDA error: ", cudaGetErrorString(err));
   return true;
@@ -157,7 +166,7 @@ TensorList lstm_sequence_fwd(const at::Tensor& gates_x_in, const at::Tensor& w_h
     a.steps = static_cast<int>(T_);
     a.batch = static_cast<int>(B);
     a.hidden = static_cast<int>(H);
-    return launched(op, rnn::launch_lstm_fwd<T>(a, stream()));
+    return launched(op, rnn::launch_lstm_fwd<T>(a, stream(), launch_options()));
   });
   if (!ran) return {};
   at::Tensor h_n = y.select(0, T_ - 1).clone(at::MemoryFormat::Contiguous);
@@ -218,7 +227,7 @@ TensorList lstm_sequence_bwd(const at::Tensor& dy_in, const at::Tensor& dh_n,
     a.steps = static_cast<int>(T_);
     a.batch = static_cast<int>(B);
     a.hidden = static_cast<int>(H);
-    return launched(op, rnn::launch_lstm_bwd<T>(a, stream()));
+    return launched(op, rnn::launch_lstm_bwd<T>(a, stream(), launch_options()));
   });
   if (!ran) return {};
   // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps.
@@ -273,7 +282,7 @@ TensorList gru_sequence_fwd(const at::Tensor& gates_x_in, const at::Tensor& w_hh
     a.steps = static_cast<int>(T_);
     a.batch = static_cast<int>(B);
     a.hidden = static_cast<int>(H);
-    return launched(op, rnn::launch_gru_fwd<T>(a, stream()));
+    return launched(op, rnn::launch_gru_fwd<T>(a, stream(), launch_options()));
   });
   if (!ran) return {};
   return {y, y.select(0, T_ - 1).clone(at::MemoryFormat::Contiguous), saved};
@@ -331,7 +340,7 @@ TensorList gru_sequence_bwd(const at::Tensor& dy_in, const at::Tensor& dh_n,
     a.steps = static_cast<int>(T_);
     a.batch = static_cast<int>(B);
     a.hidden = static_cast<int>(H);
-    return launched(op, rnn::launch_gru_bwd<T>(a, stream()));
+    return launched(op, rnn::launch_gru_bwd<T>(a, stream(), launch_options()));
   });
   if (!ran) return {};
   const at::Tensor dgh2 = dgh.reshape({T_ * B, 3 * H});
@@ -367,6 +376,9 @@ bool rnn_fits(const std::string& op, int64_t hidden, int64_t batch, const std::s
   return fits_on_chip(kind, type, hidden, batch);
 }
 
+// Turns the tensor-core product on or off for later calls; returns the previous setting.
+bool set_tensor_cores(bool enabled) { return g_tensor_cores.exchange(enabled); }
+
 }  // namespace
 
 // Called by module.cu's PYBIND11_MODULE.
@@ -384,6 +396,8 @@ void bind_rnn(pybind11::module_& m) {
   m.def("rnn_fits", &rnn_fits, py::arg("op"), py::arg("hidden"), py::arg("batch"),
         py::arg("dtype"),
         "Whether the persistent kernel of `op` keeps its weights on chip on the current device.");
+  m.def("rnn_set_tensor_cores", &set_tensor_cores, py::arg("enabled"),
+        "fp16/bf16 recurrences on tensor cores (default) or CUDA cores; returns the old value.");
 }
 
 }  // namespace leedl_fast

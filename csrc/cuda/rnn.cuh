@@ -35,33 +35,47 @@
 // non-coherent L1: the forward's h ping-pongs between two buffers, so an L1 line of step t - 2
 // would be stale). The gate math is fp32 for every dtype, as the CPU kernels do.
 //
-// The product (block_product): C[b][r] = sum_k A[b][k] W_slice[r][k], r over the slice's rows
-// (R = 4S, 3S or S), k over K (H forward, 4H / 3H backward), b over the batch in tiles. It is
-// a small tiled GEMM with split K on CUDA cores, fp32 FMAs:
-//   * A (the step's h_{t-1} or dG_t) is staged through shared memory, kBatchTile (8) rows x
-//     a K-chunk of <= 1024 floats at a time, zero-padded past the batch and past K;
-//   * each thread owns one weight row r, a contiguous range of K (ksplit threads share a row)
-//     and 8 batch rows: per 4 k it loads 4 weights (one 8/16-byte LDS) and 8 x 4 staged h
-//     values (broadcast LDS.128: all threads of a K range read the same address) and does 32
-//     FMAs. When R * ksplit < the block, `groups` batch tiles run side by side;
-//   * the ksplit partial sums meet in shared memory, and the epilogue threads (one per (batch
-//     row, unit)) add them up and run the gate math.
-// Weight rows in shared memory are padded (row stride = K rounded up to 128 bytes, plus one
-// 4-element pack) so that the 8 or 16 lanes of one LDS phase reading the same k of
-// consecutive rows hit distinct banks.
+// The product, once per step: C[b][r] = sum_k A[b][k] W_slice[r][k], r over the slice's rows
+// (R = 4S, 3S or S), k over K (H forward, 4H / 3H backward), b over the batch in passes. A
+// (the step's h_{t-1} or dG_t, fp32 in global memory) is staged through shared memory a
+// K-chunk at a time, zero-padded past the batch and past K; split-K partial sums meet in
+// shared memory, and the epilogue threads (one per (batch row, unit)) add them up and run the
+// gate math (reduce_partials). Two implementations:
+//   * block_product, CUDA cores, fp32 FMAs (fp32; fp16/bf16 with tensor cores off): each
+//     thread owns one weight row, a contiguous K range (ksplit threads share a row) and
+//     kBatchTile = 8 batch rows; per 4 k it loads 4 weights (one 8/16-byte LDS) and 8 x 4
+//     staged values (broadcast LDS.128) and does 32 FMAs. `groups` batch tiles run side by
+//     side when R * ksplit leaves threads over. The 16-bit weights are widened exactly, so
+//     this matches the CPU kernels (fp32 products) up to summation order.
+//   * block_product_mma, tensor cores (fp16/bf16 on sm_80+, the default there): wmma
+//     m16n16k16 with fp32 accumulators; the weight rows (padded to whole 16-row tiles) are
+//     the A operand straight from shared memory, the staged batch rows (rounded to the dtype,
+//     as in torch's GEMMs in that dtype) the B operand; each warp owns (row tile, K range)
+//     items and one accumulator per 16-row batch tile (up to 4 per pass).
+// Weight rows in shared memory are padded (row stride = K rounded up to 128 bytes plus 8 or 16
+// bytes) so that the lanes of one load phase reading the same k of consecutive rows hit
+// distinct banks.
 //
-// Fit (plan_rnn / the launchers): S = ceil(H / #SMs) units per block; the slice (rows x K
+// Fit (make_plan / choose_kernel): S = ceil(H / #SMs) units per block; the slice (rows x K
 // elements), the staging buffer and the partial sums must fit the opt-in shared memory per
-// block, and the grid must be co-resident (occupancy x #SMs >= blocks). Otherwise the launcher
-// returns kDoesNotFit and launches nothing, and the caller falls back to the per-step path
-// (kernels/rnn.py). On H100 (132 SMs, 227 KiB): fp16/bf16 fit up to H ~ 1500, fp32 up to
-// H ~ 1100; H = 2048 never fits.
+// block, and the grid must be co-resident (occupancy x #SMs >= blocks). The launchers try
+// tensor cores first (16-bit, sm_80+), then CUDA cores; when neither fits they return
+// kDoesNotFit and launch nothing, and the caller falls back to the per-step path
+// (kernels/rnn.py). Largest hidden size that fits (tests/rnn_cuda_emulation.cpp checks the
+// plans): H100 (132 SMs, 227 KiB per block) LSTM fp32 ~1190, fp16/bf16 ~1600 on tensor cores
+// (~1710 on CUDA cores), GRU fp32 ~1440, 16-bit ~2000; A100 (108 SMs, 163 KiB) LSTM fp32
+// ~870, 16-bit ~1100-1300. Hidden <= 1024 in fp16/bf16 fits both at any batch.
+//
+// Cost per step beyond the product: every block stages all of A (B x K fp32) from L2, so the
+// L2 traffic per step is #blocks x B x K x 4 bytes (32 MiB at H = 1024, B = 64), and one grid
+// barrier (~1-2 us). Both dominate at large B x H; at small sizes the barrier does.
 #pragma once
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -76,11 +90,18 @@ using cuda::load_pack;
 using cuda::to_float;
 
 constexpr int kThreads = 256;        // threads per block (8 warps)
+constexpr int kWarps = kThreads / 32;
+// CUDA-core product (fp32; fp16/bf16 where tensor cores are off or do not fit):
 constexpr int kBatchTile = 8;        // batch rows per thread in the product (register tile)
 constexpr int kMaxChunk = 1024;      // K columns of A staged at a time (floats)
 constexpr int kMinPacksPerThread = 4;  // fewer K packs per thread: fewer threads share a row
 constexpr int kStageBudget = 48 * 1024;  // bytes of staged A when several batch tiles run
 constexpr int kPack = 4;             // K elements per weight load (8 or 16 bytes)
+// Tensor-core product (fp16/bf16 on sm_80+), wmma 16 x 16 x 16 tiles:
+constexpr int kTile = 16;
+constexpr int kMmaBatchTiles = 4;    // 16-row batch tiles per pass (64 rows)
+constexpr int kMmaMaxItems = 2;      // (row tile, K range) work items per warp: rows <= 256
+constexpr int kMmaChunk = 512;       // K columns of A staged at a time (16-bit elements)
 
 // What the launchers return when the weights do not fit on chip (or the grid cannot be
 // co-resident): the caller falls back to the per-step path. Every other non-success value is
@@ -92,23 +113,28 @@ enum class RnnKernel { kLstmFwd, kLstmBwd, kGruFwd, kGruBwd };
 // ------------------------------------------------------------------------------- the plan
 // Sizes every block agrees on; computed on the host (plan_rnn), passed to the kernel by value.
 struct RnnPlan {
+  bool mma;      // tensor-core product (block_product_mma) or CUDA cores (block_product)
   int units;     // S: hidden units per block (the last block may own fewer)
   int blocks;    // ceil(H / S): the grid
   int rows;      // R: rows of the block's weight slice (gates per unit x S, or S backward)
+  int wrows;     // rows kept in shared memory: R, or R rounded up to whole 16-row tiles (mma)
   int k;         // K: the product's reduction length (H forward; 4H / 3H backward)
-  int kpad;      // K rounded up to a whole pack
+  int kpad;      // K rounded up to a whole pack (4) or tile (16, mma)
   int wstride;   // elements per weight row in shared memory (padded, see above)
-  int chunk;     // K columns of A staged per pass (a whole number of packs)
-  int ksplit;    // threads sharing one weight row, each a contiguous range of K
-  int groups;    // batch tiles computed side by side (each by rows x ksplit threads)
-  int wbytes;    // shared memory: weight slice (16-byte aligned size)
-  int stage_floats;  // shared memory: staged A, groups * kBatchTile * chunk floats
-  int part_floats;   // shared memory: partial sums, groups * ksplit * kBatchTile * rows floats
+  int chunk;     // K columns of A staged per pass (a whole number of packs / tiles)
+  int ksplit;    // threads (warps, mma) sharing one weight row (row tile), each a K range
+  int groups;    // batch tiles per pass: of kBatchTile rows (each computed by rows x ksplit
+                 // threads side by side), or of 16 rows (mma)
+  int sld;       // mma: elements per staged row (chunk padded like wstride)
+  int wbytes;    // shared memory: the weight slice (128-byte aligned size)
+  int stage_bytes;  // shared memory: staged A (fp32 for CUDA cores, T for mma)
+  int part_floats;  // shared memory: partial sums of the K ranges
   size_t smem;   // total dynamic shared memory per block
 };
 
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
-inline int round_up(int a, int b) { return ceil_div(a, b) * b; }
+__host__ __device__ inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+__host__ __device__ inline int round_up(int a, int b) { return ceil_div(a, b) * b; }
+__host__ __device__ inline int min_int(int a, int b) { return a < b ? a : b; }
 
 inline int rows_per_unit(RnnKernel kind) {
   switch (kind) {
@@ -126,40 +152,69 @@ inline int reduction_length(RnnKernel kind, int hidden) {
   }
 }
 
+// CUDA cores: ksplit threads per weight row (each >= kMinPacksPerThread packs of a chunk),
+// `groups` batch tiles of kBatchTile rows side by side with the threads left over.
+inline void plan_cuda_cores(int batch, RnnPlan* p) {
+  p->kpad = round_up(p->k, kPack);
+  p->chunk = min_int(p->kpad, kMaxChunk);
+  p->ksplit = min_int(kThreads / p->rows, ceil_div(p->chunk / kPack, kMinPacksPerThread));
+  if (p->ksplit < 1) p->ksplit = 1;
+  int groups = min_int(kThreads / (p->rows * p->ksplit), ceil_div(batch, kBatchTile));
+  groups = min_int(groups, kStageBudget / (kBatchTile * p->chunk * 4));
+  p->groups = groups < 1 ? 1 : groups;
+  p->sld = p->chunk;
+  p->stage_bytes = round_up(p->groups * kBatchTile * p->chunk * 4, 128);
+  p->part_floats = p->groups * p->ksplit * kBatchTile * p->rows;
+}
+
+// Tensor cores: row tiles of 16 weight rows, ksplit warps per row tile (each a K range of
+// whole 16-column tiles), up to kMmaBatchTiles 16-row batch tiles per pass -- fewer where the
+// staged rows and partial sums would not fit next to the weights.
+inline void plan_tensor_cores(int batch, int elem_bytes, size_t smem_limit, RnnPlan* p) {
+  const int row_tiles = p->wrows / kTile;
+  p->kpad = round_up(p->k, kTile);
+  p->chunk = min_int(p->kpad, kMmaChunk);
+  p->ksplit = min_int(row_tiles < kWarps ? kWarps / row_tiles : 1, p->chunk / kTile);
+  p->sld = round_up(p->chunk, 64) + 8;  // rows 16 bytes apart mod 128: no bank conflicts
+  for (p->groups = min_int(ceil_div(batch, kTile), kMmaBatchTiles);; --p->groups) {
+    p->stage_bytes = round_up(p->groups * kTile * p->sld * elem_bytes, 128);
+    p->part_floats = p->ksplit * p->wrows * p->groups * kTile;
+    const size_t need = static_cast<size_t>(p->wbytes) + p->stage_bytes + 4u * p->part_floats;
+    if (p->groups == 1 || need <= smem_limit) break;
+  }
+}
+
 // Pure arithmetic (no CUDA calls): the plan for `num_sms` blocks at most and `smem_limit`
-// bytes of shared memory per block. Returns false when it cannot fit.
+// bytes of shared memory per block, on tensor cores if `mma` (16-bit T only). Returns false
+// when it cannot fit.
 template <typename T>
-bool make_plan(RnnKernel kind, int hidden, int batch, int num_sms, size_t smem_limit,
+bool make_plan(RnnKernel kind, int hidden, int batch, int num_sms, size_t smem_limit, bool mma,
                RnnPlan* p) {
   if (hidden <= 0 || batch <= 0 || num_sms <= 0) return false;
+  if (mma && sizeof(T) != 2) return false;
+  // The kernels index (batch row, unit) pairs and gate columns with int.
+  if (static_cast<int64_t>(batch) * 4 * hidden > INT32_MAX) return false;
+  p->mma = mma;
   p->units = ceil_div(hidden, num_sms);
   p->blocks = ceil_div(hidden, p->units);
   p->units = ceil_div(hidden, p->blocks);  // same grid, the units spread evenly
   p->rows = rows_per_unit(kind) * p->units;
   if (p->rows > kThreads) return false;
-  // The kernels index (batch row, unit) pairs and gate columns with int.
-  if (static_cast<int64_t>(batch) * 4 * hidden > INT32_MAX) return false;
+  p->wrows = mma ? round_up(p->rows, kTile) : p->rows;
   p->k = reduction_length(kind, hidden);
-  p->kpad = round_up(p->k, kPack);
-  p->wstride = round_up(p->k, 128 / static_cast<int>(sizeof(T))) + kPack;
-  p->chunk = p->kpad < kMaxChunk ? p->kpad : kMaxChunk;
-  const int packs = p->chunk / kPack;
-  int ksplit = kThreads / p->rows;
-  const int wanted = ceil_div(packs, kMinPacksPerThread);
-  if (ksplit > wanted) ksplit = wanted;
-  p->ksplit = ksplit < 1 ? 1 : ksplit;
-  int groups = kThreads / (p->rows * p->ksplit);
-  const int tiles = ceil_div(batch, kBatchTile);
-  if (groups > tiles) groups = tiles;
-  const int by_budget = kStageBudget / (kBatchTile * p->chunk * 4);
-  if (groups > by_budget) groups = by_budget;
-  p->groups = groups < 1 ? 1 : groups;
-  const int64_t wbytes = static_cast<int64_t>(p->rows) * p->wstride * sizeof(T);
+  // Weight rows: K rounded up to 128 bytes plus one 8-byte (16-bit) or 16-byte (fp32) pack,
+  // so consecutive rows start 8 / 16 bytes apart modulo the 32 banks; mma pads 16 bytes.
+  const int elem = static_cast<int>(sizeof(T));
+  p->wstride = round_up(p->k, 128 / elem) + (mma ? 8 : kPack);
+  const int64_t wbytes = static_cast<int64_t>(p->wrows) * p->wstride * elem;
   if (wbytes > static_cast<int64_t>(smem_limit)) return false;  // (also keeps the ints small)
-  p->wbytes = round_up(static_cast<int>(wbytes), 16);
-  p->stage_floats = p->groups * kBatchTile * p->chunk;
-  p->part_floats = p->groups * p->ksplit * kBatchTile * p->rows;
-  p->smem = static_cast<size_t>(p->wbytes) + 4u * (p->stage_floats + p->part_floats);
+  p->wbytes = round_up(static_cast<int>(wbytes), 128);
+  if (mma) {
+    plan_tensor_cores(batch, elem, smem_limit, p);
+  } else {
+    plan_cuda_cores(batch, p);
+  }
+  p->smem = static_cast<size_t>(p->wbytes) + p->stage_bytes + 4u * p->part_floats;
   return p->smem <= smem_limit;
 }
 
@@ -222,16 +277,18 @@ struct GruBwdArgs {
 __device__ __forceinline__ float sigmoid(float x) { return __frcp_rn(1.f + expf(-x)); }
 
 // The block's weight slice, forward: wsm[r][k] = W[q*H + j0 + u][k] for r = q*S + u (the S
-// units' rows of every gate); zero past H (the last block's missing units) and past K.
+// units' rows of every gate); zero past H (the last block's missing units), past K and in the
+// padding rows (r >= R, mma).
 template <typename T>
 __device__ void load_weight_rows(const T* __restrict__ w, int hidden, int j0,
                                  const RnnPlan& p, T* wsm) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  for (int r = warp; r < p.rows; r += warps) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int r = warp; r < p.wrows; r += kWarps) {
     const int q = r / p.units, j = j0 + r - q * p.units;
+    const bool valid = r < p.rows && j < hidden;
     const T* src = w + (static_cast<int64_t>(q) * hidden + j) * p.k;
     for (int k = lane; k < p.wstride; k += 32)
-      wsm[r * p.wstride + k] = (j < hidden && k < p.k) ? src[k] : from_float<T>(0.f);
+      wsm[r * p.wstride + k] = (valid && k < p.k) ? src[k] : from_float<T>(0.f);
   }
 }
 
@@ -240,19 +297,72 @@ __device__ void load_weight_rows(const T* __restrict__ w, int hidden, int j0,
 template <typename T>
 __device__ void load_weight_cols(const T* __restrict__ w, int hidden, int j0, const RnnPlan& p,
                                  T* wsm) {
-  const int total = p.units * p.wstride;
+  const int total = p.wrows * p.wstride;
   for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
-    const int g = idx / p.units, u = idx - g * p.units, j = j0 + u;
-    wsm[u * p.wstride + g] = (j < hidden && g < p.k)
+    const int g = idx / p.wrows, u = idx - g * p.wrows, j = j0 + u;
+    wsm[u * p.wstride + g] = (u < p.units && j < hidden && g < p.k)
                                  ? w[static_cast<int64_t>(g) * hidden + j]
                                  : from_float<T>(0.f);
   }
 }
 
-// C[b][r] = sum_k A[b][k] * wsm[r][k] for b < batch, r < rows (A: (batch, K) fp32, written by
-// other blocks -> ld.global.cg), then epi(b, u, pre) for every batch row b and unit u < S with
-// pre[q] = C[b][q*S + u], q < NG. Called by the whole block (it has __syncthreads inside);
-// epi runs on one thread per (b, u) and must not touch shared memory.
+// Stages rows [b0, b0 + rows) x columns [k0, k0 + kc) of A (batch, K) fp32 -- written by other
+// blocks, so read with ld.global.cg -- into stage[row * ld + col] as TS (float, or the 16-bit T
+// the tensor cores take), zero past the batch and past K. kc and ld are multiples of 4.
+template <typename TS>
+__device__ __forceinline__ void stage_chunk(const float* A, int K, int batch, int b0, int rows,
+                                            int k0, int kc, TS* stage, int ld) {
+  const int packs = kc / kPack;
+  const bool vec = (K & 3) == 0;  // rows of A start 16-byte aligned
+  for (int idx = threadIdx.x; idx < rows * packs; idx += blockDim.x) {
+    const int r = idx / packs, v = idx - r * packs;
+    const int b = b0 + r, kg = k0 + v * kPack;
+    float val[kPack] = {0.f, 0.f, 0.f, 0.f};
+    if (b < batch) {
+      const float* src = A + static_cast<int64_t>(b) * K + kg;
+      if (vec) {
+        if (kg < K) {
+          const float4 q = __ldcg(reinterpret_cast<const float4*>(src));
+          val[0] = q.x, val[1] = q.y, val[2] = q.z, val[3] = q.w;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kPack; ++i)
+          if (kg + i < K) val[i] = __ldcg(src + i);
+      }
+    }
+    cuda::store_pack<TS, kPack>(stage + r * ld + v * kPack, val);
+  }
+}
+
+// Epilogue of both products: pre[q] = sum over the ksplit partial sums of output row q*S + u
+// (part[(ks * row_stride + row) * col_stride + col], col = the batch row within the pass),
+// then epi(b, u, pre) for every batch row b < batch of the pass and unit u < S.
+template <int NG, typename Epilogue>
+__device__ __forceinline__ void reduce_partials(const RnnPlan& p, const float* part,
+                                                int row_stride, int col_stride, int b0,
+                                                int pass_rows, int batch, Epilogue& epi) {
+  const int split_stride = row_stride * col_stride;
+  for (int idx = threadIdx.x; idx < pass_rows * p.units; idx += blockDim.x) {
+    const int col = idx / p.units, u = idx - col * p.units;
+    const int b = b0 + col;
+    if (b >= batch) continue;
+    float pre[NG];
+#pragma unroll
+    for (int q = 0; q < NG; ++q) {
+      const float* sums = part + (q * p.units + u) * col_stride + col;
+      float s = 0.f;
+      for (int ks = 0; ks < p.ksplit; ++ks) s += sums[ks * split_stride];
+      pre[q] = s;
+    }
+    epi(b, u, pre);
+  }
+}
+
+// C[b][r] = sum_k A[b][k] * wsm[r][k] for b < batch, r < R (A: (batch, K) fp32), then
+// epi(b, u, pre) for every batch row b and unit u < S with pre[q] = C[b][q*S + u], q < NG.
+// Called by the whole block (it has __syncthreads inside); epi runs on one thread per (b, u)
+// and must not touch shared memory. CUDA cores, fp32 FMAs (see the top of the file).
 template <int NG, typename TW, typename Epilogue>
 __device__ __forceinline__ void block_product(const RnnPlan& p, const float* A, int batch,
                                               const TW* wsm, float* stage, float* part,
@@ -264,7 +374,6 @@ __device__ __forceinline__ void block_product(const RnnPlan& p, const float* A, 
   const int ks = rem / p.rows, r = rem - ks * p.rows;
   const bool active = g < p.groups;
   const int pass_rows = p.groups * kBatchTile;
-  const bool vec_a = (p.k & 3) == 0;  // rows of A start 16-byte aligned (K % 4 == 0)
   const TW* wrow = wsm + r * p.wstride;
   const float* srow = stage + g * kBatchTile * p.chunk;
 
@@ -274,30 +383,14 @@ __device__ __forceinline__ void block_product(const RnnPlan& p, const float* A, 
     for (int bb = 0; bb < kBatchTile; ++bb) acc[bb] = 0.f;
 
     for (int k0 = 0; k0 < p.kpad; k0 += p.chunk) {
-      const int kc = p.kpad - k0 < p.chunk ? p.kpad - k0 : p.chunk;  // a multiple of kPack
-      const int packs = kc / kPack;
+      const int kc = min_int(p.chunk, p.kpad - k0);  // a multiple of kPack
       __syncthreads();  // the stage (and the partial sums) are free again
-      for (int idx = tid; idx < pass_rows * packs; idx += blockDim.x) {
-        const int gb = idx / packs, v = idx - gb * packs;
-        const int b = b0 + gb, kg = k0 + v * kPack;
-        float4 val = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (b < batch) {
-          const float* src = A + static_cast<int64_t>(b) * p.k + kg;
-          if (vec_a) {
-            val = __ldcg(reinterpret_cast<const float4*>(src));
-          } else {
-            if (kg < p.k) val.x = __ldcg(src);
-            if (kg + 1 < p.k) val.y = __ldcg(src + 1);
-            if (kg + 2 < p.k) val.z = __ldcg(src + 2);
-            if (kg + 3 < p.k) val.w = __ldcg(src + 3);
-          }
-        }
-        *reinterpret_cast<float4*>(stage + gb * p.chunk + v * kPack) = val;
-      }
+      stage_chunk<float>(A, p.k, batch, b0, pass_rows, k0, kc, stage, p.chunk);
       __syncthreads();
       if (active) {
-        const int per = (packs + p.ksplit - 1) / p.ksplit;
-        const int v0 = ks * per, v1 = v0 + per < packs ? v0 + per : packs;
+        const int packs = kc / kPack;
+        const int per = ceil_div(packs, p.ksplit);
+        const int v0 = ks * per, v1 = min_int(v0 + per, packs);
 #pragma unroll 2
         for (int v = v0; v < v1; ++v) {
           float w[kPack];
@@ -314,40 +407,113 @@ __device__ __forceinline__ void block_product(const RnnPlan& p, const float* A, 
       }
     }
 
+    // part[(ks * R + r) * pass_rows + g * kBatchTile + bb]: the layout reduce_partials reads
     if (active) {
 #pragma unroll
       for (int bb = 0; bb < kBatchTile; ++bb)
-        part[((g * p.ksplit + ks) * kBatchTile + bb) * p.rows + r] = acc[bb];
+        part[(ks * p.rows + r) * pass_rows + g * kBatchTile + bb] = acc[bb];
     }
     __syncthreads();
-    for (int idx = tid; idx < pass_rows * p.units; idx += blockDim.x) {
-      const int gb = idx / p.units, u = idx - gb * p.units;
-      const int b = b0 + gb;
-      if (b >= batch) continue;
-      const int tile = gb / kBatchTile, bb = gb - tile * kBatchTile;
-      const float* sums = part + (tile * p.ksplit * kBatchTile + bb) * p.rows + u;
-      float pre[NG];
-#pragma unroll
-      for (int q = 0; q < NG; ++q) {
-        float s = 0.f;
-        for (int kk = 0; kk < p.ksplit; ++kk) s += sums[kk * kBatchTile * p.rows + q * p.units];
-        pre[q] = s;
-      }
-      epi(b, u, pre);
-    }
+    reduce_partials<NG>(p, part, p.rows, pass_rows, b0, pass_rows, batch, epi);
   }
 }
 
-// The dynamic shared memory: weight slice | staged A | partial sums.
+// The same product on tensor cores (wmma m16n16k16, 16-bit inputs, fp32 accumulators), for
+// T = __half / __nv_bfloat16 on sm_80+. A is rounded to T when staged -- the precision of the
+// GEMMs torch runs in these dtypes; the gate math stays fp32. Layout:
+//   wsm: wrows x wstride (row r = output row; rows past R are zero): the matrix_a tiles,
+//        row-major, 16 rows x 16 k;
+//   stage: groups*16 batch rows x sld, row-major: read as matrix_b col-major (k x batch);
+//   each warp owns up to kMmaMaxItems (row tile, K range) items and, per item, one 16 x 16
+//   accumulator per batch tile; the accumulators go to `part` (ksplit x wrows x groups*16,
+//   row-major) and reduce_partials adds up the K ranges.
+template <int NG, typename T, typename Epilogue>
+__device__ __forceinline__ void block_product_mma(const RnnPlan& p, const float* A, int batch,
+                                                  const T* wsm, T* stage, float* part,
+                                                  Epilogue&& epi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never launched: the launchers pick tensor cores on compute capability >= 8.0
+#else
+  namespace wmma = nvcuda::wmma;
+  const int warp = threadIdx.x >> 5;
+  const int row_tiles = p.wrows / kTile, items = row_tiles * p.ksplit;
+  const int pass_rows = p.groups * kTile;
+
+  for (int b0 = 0; b0 < batch; b0 += pass_rows) {
+    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc[kMmaMaxItems]
+                                                                     [kMmaBatchTiles];
+#pragma unroll
+    for (int i = 0; i < kMmaMaxItems; ++i) {
+#pragma unroll
+      for (int bt = 0; bt < kMmaBatchTiles; ++bt) wmma::fill_fragment(acc[i][bt], 0.f);
+    }
+
+    for (int k0 = 0; k0 < p.kpad; k0 += p.chunk) {
+      const int kc = min_int(p.chunk, p.kpad - k0);  // a multiple of 16
+      __syncthreads();
+      stage_chunk<T>(A, p.k, batch, b0, pass_rows, k0, kc, stage, p.sld);
+      __syncthreads();
+      const int tiles = kc / kTile, per = ceil_div(tiles, p.ksplit);
+#pragma unroll
+      for (int i = 0; i < kMmaMaxItems; ++i) {
+        const int item = warp + i * kWarps;
+        if (item >= items) continue;
+        const int rt = item % row_tiles, ks = item / row_tiles;
+        const int kt1 = min_int(ks * per + per, tiles);
+        for (int kt = ks * per; kt < kt1; ++kt) {
+          wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::row_major> w;
+          wmma::load_matrix_sync(w, wsm + rt * kTile * p.wstride + k0 + kt * kTile, p.wstride);
+#pragma unroll
+          for (int bt = 0; bt < kMmaBatchTiles; ++bt) {
+            if (bt >= p.groups) continue;
+            wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, wmma::col_major> h;
+            wmma::load_matrix_sync(h, stage + bt * kTile * p.sld + kt * kTile, p.sld);
+            wmma::mma_sync(acc[i][bt], w, h, acc[i][bt]);
+          }
+        }
+      }
+    }
+
+#pragma unroll
+    for (int i = 0; i < kMmaMaxItems; ++i) {
+      const int item = warp + i * kWarps;
+      if (item >= items) continue;
+      const int rt = item % row_tiles, ks = item / row_tiles;
+#pragma unroll
+      for (int bt = 0; bt < kMmaBatchTiles; ++bt) {
+        if (bt >= p.groups) continue;
+        float* dst = part + (ks * p.wrows + rt * kTile) * pass_rows + bt * kTile;
+        wmma::store_matrix_sync(dst, acc[i][bt], pass_rows, wmma::mem_row_major);
+      }
+    }
+    __syncthreads();
+    reduce_partials<NG>(p, part, p.wrows, pass_rows, b0, pass_rows, batch, epi);
+  }
+#endif
+}
+
+// The dynamic shared memory: weight slice | staged A | partial sums, each 128-byte aligned.
 struct SharedLayout {
   unsigned char* base;
   template <typename T>
   __device__ T* weights() const { return reinterpret_cast<T*>(base); }
-  __device__ float* stage(const RnnPlan& p) const {
-    return reinterpret_cast<float*>(base + p.wbytes);
+  template <typename TS>
+  __device__ TS* stage(const RnnPlan& p) const { return reinterpret_cast<TS*>(base + p.wbytes); }
+  __device__ float* part(const RnnPlan& p) const {
+    return reinterpret_cast<float*>(base + p.wbytes + p.stage_bytes);
   }
-  __device__ float* part(const RnnPlan& p) const { return stage(p) + p.stage_floats; }
 };
+
+// One step's product for the kernels: on tensor cores (MMA) or CUDA cores.
+template <int NG, typename T, bool MMA, typename Epilogue>
+__device__ __forceinline__ void step_product(const RnnPlan& p, const SharedLayout& sm,
+                                             const float* A, int batch, Epilogue&& epi) {
+  if constexpr (MMA) {
+    block_product_mma<NG, T>(p, A, batch, sm.weights<T>(), sm.stage<T>(p), sm.part(p), epi);
+  } else {
+    block_product<NG, T>(p, A, batch, sm.weights<T>(), sm.stage<float>(p), sm.part(p), epi);
+  }
+}
 
 // ----------------------------------------------------------------------------- the kernels
 // One cooperative launch each: grid = plan.blocks, block = kThreads, plan.smem bytes of
@@ -356,10 +522,10 @@ struct SharedLayout {
 // LSTM forward (per step t, the block's units j, every batch row b):
 //   pre = h_{t-1} W_hh[rows of j]^T + gates_x[t]     (i, f, g, o)
 //   i, f, o = sigmoid, g = tanh;  c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
-template <typename T>
+template <typename T, bool MMA>
 __global__ void __launch_bounds__(kThreads, 1)
 lstm_fwd_kernel(const LstmFwdArgs<T> a, const RnnPlan p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const SharedLayout sm{smem_raw};
   T* wsm = sm.weights<T>();
   const int H = a.hidden, B = a.batch, j0 = blockIdx.x * p.units;
@@ -370,8 +536,7 @@ lstm_fwd_kernel(const LstmFwdArgs<T> a, const RnnPlan p) {
   for (int t = 0; t < a.steps; ++t) {
     const float* h_prev = a.hbuf + ((t + 1) & 1) * BH;
     float* h_next = a.hbuf + (t & 1) * BH;
-    block_product<4, T>(p, h_prev, B, wsm, sm.stage(p), sm.part(p),
-                        [&](int b, int u, const float* pre) {
+    step_product<4, T, MMA>(p, sm, h_prev, B, [&](int b, int u, const float* pre) {
       const int j = j0 + u;
       if (j >= H) return;
       const int64_t row = static_cast<int64_t>(t) * B + b;
@@ -403,10 +568,10 @@ lstm_fwd_kernel(const LstmFwdArgs<T> a, const RnnPlan p) {
 //            dc = dc f
 //   sync     phase B reads all of dG_t
 //   phase B  dh[:, j] = dG_t W_hh[:, j]   (K = 4H)
-template <typename T>
+template <typename T, bool MMA>
 __global__ void __launch_bounds__(kThreads, 1)
 lstm_bwd_kernel(const LstmBwdArgs<T> a, const RnnPlan p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const SharedLayout sm{smem_raw};
   T* wsm = sm.weights<T>();
   const int H = a.hidden, B = a.batch, S = p.units, j0 = blockIdx.x * S;
@@ -433,8 +598,8 @@ lstm_bwd_kernel(const LstmBwdArgs<T> a, const RnnPlan p) {
       a.dc[st] = dc * f;
     }
     grid.sync();
-    block_product<1, T>(p, a.dgates + static_cast<int64_t>(t) * B * 4 * H, B, wsm, sm.stage(p),
-                        sm.part(p), [&](int b, int u, const float* pre) {
+    const float* dgates = a.dgates + static_cast<int64_t>(t) * B * 4 * H;
+    step_product<1, T, MMA>(p, sm, dgates, B, [&](int b, int u, const float* pre) {
       const int j = j0 + u;
       if (j < H) a.dh[static_cast<int64_t>(b) * H + j] = pre[0];
     });
@@ -444,10 +609,10 @@ lstm_bwd_kernel(const LstmBwdArgs<T> a, const RnnPlan p) {
 // GRU forward (torch's r, z, n; b_hn inside the reset product):
 //   pre = h_{t-1} W_hh[rows of j]^T;  r = sigmoid(gx_r + pre_r + b_r), z = sigmoid(gx_z + pre_z
 //   + b_z);  hn = pre_n + b_n;  n = tanh(gx_n + r hn);  h_t = (1 - z) n + z h_{t-1}
-template <typename T>
+template <typename T, bool MMA>
 __global__ void __launch_bounds__(kThreads, 1)
 gru_fwd_kernel(const GruFwdArgs<T> a, const RnnPlan p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const SharedLayout sm{smem_raw};
   T* wsm = sm.weights<T>();
   const int H = a.hidden, B = a.batch, j0 = blockIdx.x * p.units;
@@ -458,8 +623,7 @@ gru_fwd_kernel(const GruFwdArgs<T> a, const RnnPlan p) {
   for (int t = 0; t < a.steps; ++t) {
     const float* h_prev = a.hbuf + ((t + 1) & 1) * BH;
     float* h_next = a.hbuf + (t & 1) * BH;
-    block_product<3, T>(p, h_prev, B, wsm, sm.stage(p), sm.part(p),
-                        [&](int b, int u, const float* pre) {
+    step_product<3, T, MMA>(p, sm, h_prev, B, [&](int b, int u, const float* pre) {
       const int j = j0 + u;
       if (j >= H) return;
       const int64_t row = static_cast<int64_t>(t) * B + b, st = static_cast<int64_t>(b) * H + j;
@@ -492,10 +656,10 @@ gru_fwd_kernel(const GruFwdArgs<T> a, const RnnPlan p) {
 //            dh = dh z                               (the direct path through h_{t-1})
 //   sync
 //   phase B  dh[:, j] += dgates_h[t] W_hh[:, j]      (K = 3H)
-template <typename T>
+template <typename T, bool MMA>
 __global__ void __launch_bounds__(kThreads, 1)
 gru_bwd_kernel(const GruBwdArgs<T> a, const RnnPlan p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const SharedLayout sm{smem_raw};
   T* wsm = sm.weights<T>();
   const int H = a.hidden, B = a.batch, S = p.units, j0 = blockIdx.x * S;
@@ -526,8 +690,8 @@ gru_bwd_kernel(const GruBwdArgs<T> a, const RnnPlan p) {
       a.dh[st] = dh * z;
     }
     grid.sync();
-    block_product<1, T>(p, a.dgates_h + static_cast<int64_t>(t) * B * 3 * H, B, wsm,
-                        sm.stage(p), sm.part(p), [&](int b, int u, const float* pre) {
+    const float* dgates_h = a.dgates_h + static_cast<int64_t>(t) * B * 3 * H;
+    step_product<1, T, MMA>(p, sm, dgates_h, B, [&](int b, int u, const float* pre) {
       const int j = j0 + u;
       if (j < H) a.dh[static_cast<int64_t>(b) * H + j] += pre[0];
     });
@@ -539,14 +703,21 @@ gru_bwd_kernel(const GruBwdArgs<T> a, const RnnPlan p) {
 template <typename Args>
 using RnnKernelFn = void (*)(Args, RnnPlan);
 
-// The plan for `kind` on the current device, checked against its opt-in shared memory per
-// block and, with `kernel` given, against the kernel's co-residency (this also raises the
-// kernel's dynamic shared memory limit to the plan's need). Returns cudaSuccess, kDoesNotFit,
-// or the CUDA error of a failed query.
-template <typename T, typename Args = LstmFwdArgs<T>>
-cudaError_t plan_rnn(RnnKernel kind, int hidden, int batch, RnnPlan* plan,
-                     RnnKernelFn<Args> kernel = nullptr) {
-  int device = 0, num_sms = 0, smem_optin = 0, coop = 0;
+struct RnnOptions {
+  bool tensor_cores = true;  // fp16/bf16 on sm_80+: the wmma product where it fits
+  bool plan_only = false;    // check the fit (and set the kernel's attributes), launch nothing
+};
+
+// Picks the kernel and its plan on the current device: the tensor-core kernel when given, on
+// compute capability >= 8.0 and where it fits; else the CUDA-core kernel where that fits.
+// "Fits": the plan's shared memory within the opt-in limit per block and the whole grid
+// co-resident (occupancy x #SMs >= blocks; this also raises the kernel's dynamic shared
+// memory limit to the plan's need). Returns cudaSuccess, kDoesNotFit, or a CUDA error.
+template <typename T, typename Args>
+cudaError_t choose_kernel(RnnKernel kind, int hidden, int batch, RnnKernelFn<Args> cuda_cores,
+                          RnnKernelFn<Args> tensor_cores, RnnPlan* plan,
+                          RnnKernelFn<Args>* kernel) {
+  int device = 0, num_sms = 0, smem_optin = 0, coop = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
@@ -554,31 +725,44 @@ cudaError_t plan_rnn(RnnKernel kind, int hidden, int batch, RnnPlan* plan,
     err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
   if (!coop) return kDoesNotFit;
-  if (!make_plan<T>(kind, hidden, batch, num_sms, static_cast<size_t>(smem_optin), plan))
-    return kDoesNotFit;
-  if (kernel == nullptr) return cudaSuccess;
-  const void* fn = reinterpret_cast<const void*>(kernel);
-  err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(plan->smem));
-  int per_sm = 0;
-  if (err == cudaSuccess)
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kThreads, plan->smem);
-  if (err != cudaSuccess) return err;
-  return per_sm * num_sms >= plan->blocks ? cudaSuccess : kDoesNotFit;
+  for (const bool mma : {true, false}) {
+    const RnnKernelFn<Args> fn = mma ? tensor_cores : cuda_cores;
+    if (fn == nullptr || (mma && major < 8)) continue;
+    if (!make_plan<T>(kind, hidden, batch, num_sms, static_cast<size_t>(smem_optin), mma, plan))
+      continue;
+    const void* fn_ptr = reinterpret_cast<const void*>(fn);
+    err = cudaFuncSetAttribute(fn_ptr, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(plan->smem));
+    int per_sm = 0;
+    if (err == cudaSuccess)
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn_ptr, kThreads, plan->smem);
+    if (err != cudaSuccess) return err;
+    if (per_sm * num_sms < plan->blocks) continue;
+    *kernel = fn;
+    return cudaSuccess;
+  }
+  return kDoesNotFit;
 }
 
-// Each launcher: kDoesNotFit (nothing launched; the caller falls back), a CUDA error, or
-// cudaSuccess with the kernel queued on `stream`. steps == 0 or batch == 0 launch nothing.
-// The caller fills the workspaces' inputs first (hbuf[1] = h0; dh = dh_n, dc = dc_n).
+// One cooperative launch of the chosen kernel: kDoesNotFit (nothing launched; the caller falls
+// back), a CUDA error, or cudaSuccess with the kernel queued on `stream`. steps == 0 or
+// batch == 0 launch nothing. The caller fills the workspaces' inputs first (hbuf[1] = h0;
+// dh = dh_n, dc = dc_n).
 template <typename T, typename Args>
-cudaError_t launch_rnn(RnnKernelFn<Args> kernel, RnnKernel kind, const Args& args,
-                       cudaStream_t stream) {
+cudaError_t launch_rnn(RnnKernel kind, RnnKernelFn<Args> cuda_cores,
+                       RnnKernelFn<Args> tensor_cores, const Args& args, cudaStream_t stream,
+                       RnnOptions opt) {
   if (args.steps <= 0 || args.batch <= 0 || args.hidden <= 0) return cudaSuccess;
   RnnPlan plan;
-  cudaError_t err = plan_rnn<T, Args>(kind, args.hidden, args.batch, &plan, kernel);
-  if (err != cudaSuccess) return err;
+  RnnKernelFn<Args> kernel = nullptr;
+  cudaError_t err = choose_kernel<T, Args>(kind, args.hidden, args.batch, cuda_cores,
+                                           opt.tensor_cores ? tensor_cores : nullptr, &plan,
+                                           &kernel);
+  if (err != cudaSuccess || opt.plan_only) return err;
   Args a = args;
   void* params[] = {&a, &plan};
   err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(plan.blocks),
@@ -590,41 +774,66 @@ cudaError_t launch_rnn(RnnKernelFn<Args> kernel, RnnKernel kind, const Args& arg
   return err;
 }
 
+// The launchers, one per op (the tensor-core kernels exist for 16-bit T only).
 template <typename T>
-cudaError_t launch_lstm_fwd(const LstmFwdArgs<T>& a, cudaStream_t stream) {
-  return launch_rnn<T>(&lstm_fwd_kernel<T>, RnnKernel::kLstmFwd, a, stream);
+constexpr bool kHasTensorCoreKernels = sizeof(T) == 2;
+
+template <typename T>
+cudaError_t launch_lstm_fwd(const LstmFwdArgs<T>& a, cudaStream_t stream, RnnOptions opt = {}) {
+  RnnKernelFn<LstmFwdArgs<T>> mma = nullptr;
+  if constexpr (kHasTensorCoreKernels<T>) mma = &lstm_fwd_kernel<T, true>;
+  return launch_rnn<T>(RnnKernel::kLstmFwd, &lstm_fwd_kernel<T, false>, mma, a, stream, opt);
 }
 
 template <typename T>
-cudaError_t launch_lstm_bwd(const LstmBwdArgs<T>& a, cudaStream_t stream) {
-  return launch_rnn<T>(&lstm_bwd_kernel<T>, RnnKernel::kLstmBwd, a, stream);
+cudaError_t launch_lstm_bwd(const LstmBwdArgs<T>& a, cudaStream_t stream, RnnOptions opt = {}) {
+  RnnKernelFn<LstmBwdArgs<T>> mma = nullptr;
+  if constexpr (kHasTensorCoreKernels<T>) mma = &lstm_bwd_kernel<T, true>;
+  return launch_rnn<T>(RnnKernel::kLstmBwd, &lstm_bwd_kernel<T, false>, mma, a, stream, opt);
 }
 
 template <typename T>
-cudaError_t launch_gru_fwd(const GruFwdArgs<T>& a, cudaStream_t stream) {
-  return launch_rnn<T>(&gru_fwd_kernel<T>, RnnKernel::kGruFwd, a, stream);
+cudaError_t launch_gru_fwd(const GruFwdArgs<T>& a, cudaStream_t stream, RnnOptions opt = {}) {
+  RnnKernelFn<GruFwdArgs<T>> mma = nullptr;
+  if constexpr (kHasTensorCoreKernels<T>) mma = &gru_fwd_kernel<T, true>;
+  return launch_rnn<T>(RnnKernel::kGruFwd, &gru_fwd_kernel<T, false>, mma, a, stream, opt);
 }
 
 template <typename T>
-cudaError_t launch_gru_bwd(const GruBwdArgs<T>& a, cudaStream_t stream) {
-  return launch_rnn<T>(&gru_bwd_kernel<T>, RnnKernel::kGruBwd, a, stream);
+cudaError_t launch_gru_bwd(const GruBwdArgs<T>& a, cudaStream_t stream, RnnOptions opt = {}) {
+  RnnKernelFn<GruBwdArgs<T>> mma = nullptr;
+  if constexpr (kHasTensorCoreKernels<T>) mma = &gru_bwd_kernel<T, true>;
+  return launch_rnn<T>(RnnKernel::kGruBwd, &gru_bwd_kernel<T, false>, mma, a, stream, opt);
 }
 
 // Whether `kind` fits on chip on the current device for this hidden size and batch: cudaSuccess
 // or kDoesNotFit (or a CUDA error). Cheap (attribute queries only); the binding asks before it
 // allocates anything, so a fallback wastes no memory.
 template <typename T>
-cudaError_t rnn_fits(RnnKernel kind, int hidden, int batch) {
-  RnnPlan plan;
+cudaError_t rnn_fits(RnnKernel kind, int hidden, int batch, bool tensor_cores = true) {
+  const RnnOptions opt{tensor_cores, /*plan_only=*/true};
+  const cudaStream_t none = nullptr;
   switch (kind) {
-    case RnnKernel::kLstmFwd:
-      return plan_rnn<T, LstmFwdArgs<T>>(kind, hidden, batch, &plan, &lstm_fwd_kernel<T>);
-    case RnnKernel::kLstmBwd:
-      return plan_rnn<T, LstmBwdArgs<T>>(kind, hidden, batch, &plan, &lstm_bwd_kernel<T>);
-    case RnnKernel::kGruFwd:
-      return plan_rnn<T, GruFwdArgs<T>>(kind, hidden, batch, &plan, &gru_fwd_kernel<T>);
-    default:
-      return plan_rnn<T, GruBwdArgs<T>>(kind, hidden, batch, &plan, &gru_bwd_kernel<T>);
+    case RnnKernel::kLstmFwd: {
+      LstmFwdArgs<T> a{};
+      a.steps = 1, a.batch = batch, a.hidden = hidden;
+      return launch_lstm_fwd<T>(a, none, opt);
+    }
+    case RnnKernel::kLstmBwd: {
+      LstmBwdArgs<T> a{};
+      a.steps = 1, a.batch = batch, a.hidden = hidden;
+      return launch_lstm_bwd<T>(a, none, opt);
+    }
+    case RnnKernel::kGruFwd: {
+      GruFwdArgs<T> a{};
+      a.steps = 1, a.batch = batch, a.hidden = hidden;
+      return launch_gru_fwd<T>(a, none, opt);
+    }
+    default: {
+      GruBwdArgs<T> a{};
+      a.steps = 1, a.batch = batch, a.hidden = hidden;
+      return launch_gru_bwd<T>(a, none, opt);
+    }
   }
 }
 

@@ -7,7 +7,8 @@ signatures) where the persistent kernel cannot run:
   * the CUDA extension is not built (it exists only where torch has CUDA and the build found nvcc);
   * float64 (the kernels accumulate in float32);
   * the layer's W_hh does not fit on chip: the kernel keeps it in shared memory across the grid
-    (one block per SM), so e.g. hidden 2048 never fits; the extension then returns an empty
+    (one block per SM): on H100 the LSTM fits up to hidden ~1600 in fp16/bf16 and ~1190 in
+    fp32, the GRU up to ~2000 / ~1440 (csrc/cuda/rnn.cuh); the extension then returns an empty
     list without allocating or launching anything.
 Both imports are lazy, inside the functions: this module must import everywhere, CPU-only
 machines and machines without triton included.
@@ -48,6 +49,17 @@ def fits(op, hidden, batch, dtype):
     if ext is None or dtype not in _DTYPES:
         return False
     return ext.rnn_fits(op, hidden, batch, str(dtype).removeprefix("torch."))
+
+
+def use_tensor_cores(enabled):
+    """fp16/bf16 recurrences on tensor cores (the default, sm_80+; the step's h or dG is
+    rounded to the dtype as the product's operand, as in torch's GEMMs) or on CUDA cores (fp32
+    products of the 16-bit weights, as the CPU kernels). Returns the previous setting; for
+    tests and benchmarks."""
+    ext = _ext()
+    if ext is None:
+        return False
+    return ext.rnn_set_tensor_cores(bool(enabled))
 
 
 def lstm_sequence_fwd(gates_x, w_hh, h0, c0):
