@@ -88,6 +88,18 @@ def test_does_not_fit_and_float64_run_the_per_step_path(op, monkeypatch):
     assert ext_calls == [op, op] and len(calls) == 2
 
 
+def test_the_fallback_validates_its_arguments(monkeypatch):
+    """The per-step path is reached through rnn_gpu's checks: bad shapes are a clear error, not
+    an out-of-bounds launch."""
+    monkeypatch.setattr(rnn_cuda, "_ext", lambda: None)
+    with pytest.raises(ValueError, match="gates_x's last dim"):
+        rnn_cuda.lstm_sequence_fwd(torch.randn(2, 3, 12), torch.randn(8, 2), torch.randn(3, 2),
+                                   torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"b_hh must be \(3H,\)"):
+        rnn_cuda.gru_sequence_fwd(torch.randn(2, 3, 6), torch.randn(6, 2), torch.randn(5),
+                                  torch.randn(3, 2))
+
+
 # -------------------------------------------------------------------------- host emulation
 
 def _cuda_include():

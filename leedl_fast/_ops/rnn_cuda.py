@@ -3,7 +3,8 @@ as plain functions with the op schemas' signatures; leedl_fast/_ops/rnn_gpu.py p
 into the "cuda" kernels of the torch.library ops.
 
 Each function falls back to the per-step Triton path (leedl_fast.kernels.rnn, same names and
-signatures) where the persistent kernel cannot run:
+signatures, reached through rnn_gpu's validating entries) where the persistent kernel cannot
+run:
   * the CUDA extension is not built (it exists only where torch has CUDA and the build found nvcc);
   * float64 (the kernels accumulate in float32);
   * the layer's W_hh does not fit on chip: the kernel keeps it in shared memory across the grid
@@ -28,9 +29,11 @@ def _ext():
 
 
 def _fallback(op, *args):
-    from leedl_fast.kernels import rnn as per_step  # lazy: triton is optional
+    # The per-step path through rnn_gpu's entry, which validates the arguments (shapes, dtypes,
+    # devices) before leedl_fast.kernels.rnn.<op> launches anything; lazy: triton is optional.
+    from .rnn_gpu import TRITON_IMPLS
 
-    return getattr(per_step, op)(*args)
+    return TRITON_IMPLS[op](*args)
 
 
 def _run(op, dtype, *args):
