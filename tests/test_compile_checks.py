@@ -452,6 +452,9 @@ TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10|pybind11)/', 
 CUDA_INSTANTIATE = {
     "norm.cuh": [f"leedl_fast::cuda_norm::launch_norm_fwd<{t}>"
                  for t in ("float", "__half", "__nv_bfloat16")],
+    "rnn.cuh": [f"leedl_fast::cuda_rnn::launch_{op}<{t}>"
+                for op in ("lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
+                for t in ("float", "__half", "__nv_bfloat16")],
 }
 
 
