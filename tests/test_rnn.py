@@ -369,3 +369,22 @@ def test_modules_on_every_cpu_backend(backend, kind):
             results.append([out, *states, *torch.autograd.grad(loss, leaves)])
     for g, w in zip(*results):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+
+
+def test_double_backward_raises_instead_of_being_silently_wrong():
+    m = leedl_fast.nn.LSTM(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(g.pow(2).sum(), m.weight_hh_l0)
+
+
+def test_cells_reset_parameters_like_torch():
+    cell = leedl_fast.nn.GRUCell(3, 5)
+    torch.manual_seed(0)
+    cell.reset_parameters()
+    ref_cell = torch.nn.GRUCell(3, 5)
+    torch.manual_seed(0)
+    ref_cell.reset_parameters()
+    for a, b in zip(cell.parameters(), ref_cell.parameters()):
+        torch.testing.assert_close(a, b)

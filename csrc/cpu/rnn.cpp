@@ -122,8 +122,8 @@ void lstm_fwd_kernel(int64_t T_, int64_t B, int64_t H, const T* wt /* (H, 4H) */
       }
 #pragma omp barrier
     }
+    matmul_release();  // on every thread of the team: oneDNN's state is per thread
   }
-  matmul_release();
 }
 
 template <typename T>
@@ -173,8 +173,8 @@ void lstm_bwd_kernel(int64_t T_, int64_t B, int64_t H, const T* w /* (4H, H) */,
       // dh_{t-1} for this thread's units: every gate of every unit feeds them (K = 4H).
       if (n > 0) matmul(B, n, G, dg_t, G, w + j0, H, dh_next + j0, H, /*accumulate=*/false);
     }
+    matmul_release();
   }
-  matmul_release();
 }
 
 // ------------------------------------------------------------------------------------- GRU
@@ -232,8 +232,8 @@ void gru_fwd_kernel(int64_t T_, int64_t B, int64_t H, const T* wt /* (H, 3H) */,
       }
 #pragma omp barrier
     }
+    matmul_release();  // on every thread of the team: oneDNN's state is per thread
   }
-  matmul_release();
 }
 
 // Backward, with dh = dy_t + dh_next:
@@ -288,8 +288,8 @@ void gru_bwd_kernel(int64_t T_, int64_t B, int64_t H, const T* w /* (3H, H) */,
 #pragma omp barrier
       if (n > 0) matmul(B, n, G, dgh_t, G, w + j0, H, dh_next + j0, H, /*accumulate=*/true);
     }
+    matmul_release();
   }
-  matmul_release();
 }
 
 at::ScalarType compute_type(const at::Tensor& t) {

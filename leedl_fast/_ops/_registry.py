@@ -99,3 +99,15 @@ def call(op, *args):
     if forced == "cpu" and device != "cpu":
         raise RuntimeError(f"leedl_fast.{op}: backend 'cpu' cannot run {device} tensors")
     return _op_handle(op)(*args)
+
+
+def register_no_double_backward(op):
+    """A backward op's own autograd: it raises. Without it, differentiating through a backward
+    (create_graph=True: gradient penalties, Hessian-vector products) would treat the backward op
+    as a constant and silently give wrong second derivatives."""
+    def backward(ctx, *grads):
+        raise NotImplementedError(f"leedl_fast::{op}: double backward (create_graph=True "
+                                  "through this op's gradient) is not supported")
+
+    torch.library.register_autograd(f"leedl_fast::{op}", backward,
+                                    setup_context=lambda ctx, inputs, output: None)

@@ -11,7 +11,7 @@ import torch
 
 from .. import _backend
 from ..reference import attention as reference
-from ._registry import call, register_autograd, register_gpu
+from ._registry import call, register_autograd, register_no_double_backward, register_gpu
 
 
 def _kernels():
@@ -213,3 +213,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     out, _ = call("attention_fwd", q, k, v, mask, scale, bool(is_causal), wl, wr)
     return out.view(query.shape)
+
+
+for _op in ['attention_bwd']:
+    register_no_double_backward(_op)

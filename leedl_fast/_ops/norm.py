@@ -12,7 +12,7 @@ import torch
 
 from .. import _backend
 from ..reference import norm as reference
-from ._registry import call, register_autograd, register_gpu
+from ._registry import call, register_autograd, register_no_double_backward, register_gpu
 from .norm_cuda import CUDA_IMPLS
 
 
@@ -272,3 +272,7 @@ def add_rms_norm(input, residual, normalized_shape, weight=None, eps=None):
         return reference.add_rms_norm(input, residual, shape, weight, eps)
     out, res_out, _ = call("add_rms_norm_fwd", x, r, w, eps)
     return out.view(input.shape), res_out.view(input.shape)
+
+
+for _op in ['layer_norm_bwd', 'rms_norm_bwd']:
+    register_no_double_backward(_op)

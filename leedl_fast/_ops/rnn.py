@@ -10,7 +10,7 @@ import torch.nn.functional as TF
 
 from .. import _backend
 from ..reference import rnn as reference
-from ._registry import call, register_autograd
+from ._registry import call, register_autograd, register_no_double_backward
 
 
 def _acc(dtype):
@@ -111,3 +111,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
     y, h_n, _ = call("gru_sequence_fwd", gates_x.contiguous(), w_hh.contiguous(),
                      None if b_hh is None else b_hh.contiguous(), h0.contiguous())
     return (y.flip(0) if reverse else y), h_n
+
+
+for _op in ['lstm_sequence_bwd', 'gru_sequence_bwd']:
+    register_no_double_backward(_op)

@@ -212,6 +212,7 @@ class LSTM(_RNNBase):
 
 class GRU(_RNNBase):
     GATES, STATES, NAME = 3, 1, "GRU"
+    proj_size = 0  # torch's GRU has the attribute too
 
     def _states(self, hx):
         if not isinstance(hx, torch.Tensor):
@@ -249,7 +250,11 @@ class _CellBase(torch.nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
-        bound = 1.0 / math.sqrt(hidden_size)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """torch's initialization: every weight and bias uniform in +-1/sqrt(hidden_size)."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         for p in self.parameters():
             torch.nn.init.uniform_(p, -bound, bound)
 
