@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include "memory.h"
+#include "vec_loops.h"
 
 #include <cmath>
 #include <tuple>
@@ -54,17 +55,6 @@ inline A row_reduce(int64_t n, F f) {
   }
   for (; i < n; i += kV) acc0 = acc0 + f(i, std::min(kV, n - i));
   return at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, (acc0 + acc1) + (acc2 + acc3));
-}
-
-// Calls f(i, count) for each vector of a row of n elements: the full vectors first, with count a
-// compile-time constant so the loads and stores inside need no per-vector count check, then
-// the partial tail once.
-template <typename A, typename F>
-inline void for_each_vec(int64_t n, F f) {
-  constexpr int64_t kV = at::vec::Vectorized<A>::size();
-  int64_t i = 0;
-  for (; i + kV <= n; i += kV) f(i, std::integral_constant<int64_t, kV>{});
-  if (i < n) f(i, n - i);
 }
 
 template <typename A>

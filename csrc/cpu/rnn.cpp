@@ -29,6 +29,7 @@
 
 #include "blas.h"
 #include "fast_math.h"
+#include "vec_loops.h"
 
 #include <algorithm>
 #include <tuple>
@@ -98,7 +99,6 @@ void lstm_fwd_kernel(int64_t T_, int64_t B, int64_t H, const T* wt /* (H, 4H) */
           const T* cp = c_prev + b * H;
           T* c = cells + (t * B + b) * H;
           T* h = y + (t * B + b) * H;
-          int64_t j = j0;
           auto step = [&](int64_t j, int64_t count) {
             auto pre = [&](int64_t gate) {  // recurrent part + input projection
               return Vec<T>::loadu(row + gate * H + j, count) +
@@ -116,8 +116,7 @@ void lstm_fwd_kernel(int64_t T_, int64_t B, int64_t H, const T* wt /* (H, 4H) */
             cn.store(c + j, count);
             (o * tanh(cn)).store(h + j, count);
           };
-          for (; j + Vec<T>::size() <= j1; j += Vec<T>::size()) step(j, Vec<T>::size());
-          if (j < j1) step(j, j1 - j);
+          for_each_vec<T>(n, [&](int64_t i, auto count) { step(j0 + i, count); });
         }
       }
 #pragma omp barrier
@@ -150,7 +149,6 @@ void lstm_bwd_kernel(int64_t T_, int64_t B, int64_t H, const T* w /* (4H, H) */,
           const T* dyr = dy + (t * B + b) * H;
           T* dh = dh_next + b * H;
           T* dc = dc_next + b * H;
-          int64_t j = j0;
           auto step = [&](int64_t j, int64_t count) {
             const Vec<T> i = Vec<T>::loadu(row + j, count);
             const Vec<T> f = Vec<T>::loadu(row + H + j, count);
@@ -165,8 +163,7 @@ void lstm_bwd_kernel(int64_t T_, int64_t B, int64_t H, const T* w /* (4H, H) */,
             (dhv * tc * o * (one - o)).store(drow + 3 * H + j, count);
             (dcv * f).store(dc + j, count);
           };
-          for (; j + Vec<T>::size() <= j1; j += Vec<T>::size()) step(j, Vec<T>::size());
-          if (j < j1) step(j, j1 - j);
+          for_each_vec<T>(n, [&](int64_t i, auto count) { step(j0 + i, count); });
         }
       }
 #pragma omp barrier
@@ -225,9 +222,7 @@ void gru_fwd_kernel(int64_t T_, int64_t B, int64_t H, const T* wt /* (H, 3H) */,
             hn.store(srow + 3 * H + j, count);
             ((one - z) * nn + z * Vec<T>::loadu(hpr + j, count)).store(h + j, count);
           };
-          int64_t j = j0;
-          for (; j + Vec<T>::size() <= j1; j += Vec<T>::size()) step(j, Vec<T>::size());
-          if (j < j1) step(j, j1 - j);
+          for_each_vec<T>(n, [&](int64_t i, auto count) { step(j0 + i, count); });
         }
       }
 #pragma omp barrier
@@ -280,9 +275,7 @@ void gru_bwd_kernel(int64_t T_, int64_t B, int64_t H, const T* w /* (3H, H) */,
             (dn * r).store(dhr + 2 * H + j, count);
             (dhv * z).store(dh + j, count);  // the direct path; the product adds the rest
           };
-          int64_t j = j0;
-          for (; j + Vec<T>::size() <= j1; j += Vec<T>::size()) step(j, Vec<T>::size());
-          if (j < j1) step(j, j1 - j);
+          for_each_vec<T>(n, [&](int64_t i, auto count) { step(j0 + i, count); });
         }
       }
 #pragma omp barrier
