@@ -8,6 +8,7 @@ DEPS    := torch==2.13.0 triton==3.6.0 "numpy<2.4" pybind11 ninja pytest pytest-
            expecttest setuptools wheel matplotlib tqdm
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 BENCH_ARGS ?=
+PYTEST_ARGS ?=
 
 .PHONY: install test bench test-gpu bench-gpu clean
 
@@ -34,7 +35,7 @@ bench: install
 # Triton compiles for the real GPU (interpreter off); the whole suite runs, GPU tests included.
 test-gpu:
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	TRITON_INTERPRET=0 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=0 $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 bench-gpu:
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .

@@ -27,6 +27,31 @@ def _want_cuda():
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+def _shared_libstdcxx():
+    """Link arguments naming the shared libstdc++ that torch runs with, by its path.
+
+    Some toolchains (the GPU machine's /opt/gcc wrapper) link libstdc++ statically. The
+    extension then carries its own copy of the iostreams and locale, mixes it with the shared
+    one torch loads, and formatting an integer into a TORCH_CHECK message segfaults (found on
+    the H100, torch 2.11; reproduced here with -static-libstdc++). A plain -lstdc++ does not
+    help: the g++ driver rewrites it under -static-libstdc++. A path to the .so is an ordinary
+    input file that resolves every libstdc++ symbol first, so no archive member is pulled in.
+    tests/test_build.py checks the result.
+    """
+    import torch  # noqa: F401  (maps the libstdc++ torch itself uses)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    except OSError:  # not Linux: nothing to pin
+        return []
+    paths = sorted(p for p in paths if os.path.isfile(p))
+    return paths[:1]
+
+
+LINK_STDCXX = _shared_libstdcxx()
+
+
 def _cpu_flags():
     """ISA flags for the C++ kernels. leedl_fast is built from source on the machine that runs
     it (make install), so the kernels use ATen's AVX2 Vectorized<float> when the build host has
@@ -57,7 +82,7 @@ def extensions():
             "leedl_fast._C",
             cpp_sources,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp"] + LINK_STDCXX,
         )
     ]
     cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
@@ -67,6 +92,7 @@ def extensions():
                 "leedl_fast._C_cuda",
                 cuda_sources,
                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+                extra_link_args=LINK_STDCXX,
                 # A failed CUDA build must not block the install: the Triton kernels still
                 # serve CUDA tensors, and `leedl-fast info` reports the extension as missing.
                 optional=True,
