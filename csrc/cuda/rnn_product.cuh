@@ -31,6 +31,7 @@ constexpr int kMaxChunk = 1024;      // K columns of A staged at a time (floats)
 constexpr int kMinPacksPerThread = 4;  // fewer K packs per thread: fewer threads share a row
 constexpr int kStageBudget = 48 * 1024;  // bytes of staged A when several batch tiles run
 constexpr int kPack = 4;             // K elements per weight load (8 or 16 bytes)
+constexpr int kStageLoads = 8;       // independent loads in flight per thread when staging A
 // Tensor-core product (fp16/bf16 on sm_80+), wmma 16 x 16 x 16 tiles:
 constexpr int kTile = 16;
 constexpr int kMmaBatchTiles = 4;    // 16-row batch tiles per pass (64 rows)
@@ -189,29 +190,48 @@ __device__ void load_weight_cols(const T* __restrict__ w, int hidden, int j0, co
 // Stages rows [b0, b0 + rows) x columns [k0, k0 + kc) of A (batch, K) fp32 -- written by other
 // blocks, so read with ld.global.cg -- into stage[row * ld + col] as TS (float, or the 16-bit T
 // the tensor cores take), zero past the batch and past K. kc and ld are multiples of 4.
+//
+// Each thread issues kStageLoads independent 16-byte loads before it stores any of them: the
+// loads come from L2 (another block wrote A this step), about 600 cycles each, and a loop
+// with one load per iteration (what nvcc emitted before, PTX checked) pays that latency once
+// per pack -- 32 round trips per step at batch 64, hidden 512, most of the step's time on the
+// H100 (bench/results: 0.39-0.79x cuDNN at batch 64). Batched, it is rows*packs/(256*8).
 template <typename TS>
 __device__ __forceinline__ void stage_chunk(const float* A, int K, int batch, int b0, int rows,
                                             int k0, int kc, TS* stage, int ld) {
-  const int packs = kc / kPack;
+  const int packs = kc / kPack, total = rows * packs;
   const bool vec = (K & 3) == 0;  // rows of A start 16-byte aligned
-  for (int idx = threadIdx.x; idx < rows * packs; idx += blockDim.x) {
-    const int r = idx / packs, v = idx - r * packs;
-    const int b = b0 + r, kg = k0 + v * kPack;
-    float val[kPack] = {0.f, 0.f, 0.f, 0.f};
-    if (b < batch) {
-      const float* src = A + static_cast<int64_t>(b) * K + kg;
-      if (vec) {
-        if (kg < K) {
-          const float4 q = __ldcg(reinterpret_cast<const float4*>(src));
-          val[0] = q.x, val[1] = q.y, val[2] = q.z, val[3] = q.w;
-        }
-      } else {
+  const int stride = static_cast<int>(blockDim.x);
+  for (int first = threadIdx.x; first < total; first += stride * kStageLoads) {
+    float val[kStageLoads][kPack];
 #pragma unroll
-        for (int i = 0; i < kPack; ++i)
-          if (kg + i < K) val[i] = __ldcg(src + i);
+    for (int i = 0; i < kStageLoads; ++i) {
+      const int idx = first + i * stride;
+      const int r = idx / packs, v = idx - r * packs;
+      const int b = b0 + r, kg = k0 + v * kPack;
+#pragma unroll
+      for (int e = 0; e < kPack; ++e) val[i][e] = 0.f;
+      if (idx < total && b < batch) {
+        const float* src = A + static_cast<int64_t>(b) * K + kg;
+        if (vec) {
+          if (kg < K) {
+            const float4 q = __ldcg(reinterpret_cast<const float4*>(src));
+            val[i][0] = q.x, val[i][1] = q.y, val[i][2] = q.z, val[i][3] = q.w;
+          }
+        } else {
+#pragma unroll
+          for (int e = 0; e < kPack; ++e)
+            if (kg + e < K) val[i][e] = __ldcg(src + e);
+        }
       }
     }
-    cuda::store_pack<TS, kPack>(stage + r * ld + v * kPack, val);
+#pragma unroll
+    for (int i = 0; i < kStageLoads; ++i) {
+      const int idx = first + i * stride;
+      if (idx >= total) break;
+      const int r = idx / packs, v = idx - r * packs;
+      cuda::store_pack<TS, kPack>(stage + r * ld + v * kPack, val[i]);
+    }
   }
 }
 
