@@ -257,12 +257,22 @@ def test_recurrent_product_of_half_operands_into_fp32(dtype):
         torch.testing.assert_close(out, (a.double() @ b.double()).float(), atol=0.1, rtol=0.02)
 
 
-def test_registered_with_triton_as_default():
+def test_registered_with_cuda_as_default(monkeypatch):
+    """The CUDA C++ kernels run by default where leedl_fast._C_cuda is built, Triton elsewhere;
+    a forced backend wins either way."""
+    from leedl_fast import _backend
+    from leedl_fast._ops._registry import _pick_gpu_impl
+
     for op in OPS:
         impls = _GPU_IMPLS[op]
-        assert impls["default"] == "triton"
+        assert impls["default"] == "cuda"
         assert impls["triton"] is rnn_gpu.TRITON_IMPLS[op]
         assert callable(impls["cuda"])
+        for built in (False, True):
+            monkeypatch.setattr(_backend, "has_cuda_extension", lambda built=built: built)
+            assert _pick_gpu_impl(op, op) is impls["cuda" if built else "triton"]
+            with leedl_fast.backend("triton"):
+                assert _pick_gpu_impl(op, op) is impls["triton"]
 
 
 def test_cuda_entry_falls_back_to_triton(monkeypatch):

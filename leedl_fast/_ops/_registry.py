@@ -25,6 +25,8 @@ def _pick_gpu_impl(op, name):
     forced = _backend.forced_backend()
     if forced in (None, "reference"):
         forced = impls["default"]
+        if forced == "cuda" and not _backend.has_cuda_extension():
+            forced = "triton"  # a default of "cuda" means: where the extension is built
     if forced == "cpu":
         raise RuntimeError(f"leedl_fast.{name}: backend 'cpu' cannot run CUDA tensors")
     impl = impls.get(forced)
@@ -43,7 +45,8 @@ def _pick_gpu_impl(op, name):
 
 def register_gpu(op, triton, cuda=None, default="triton"):
     """Register the "cuda"-device kernel of leedl_fast::<op>: `default` runs unless a backend
-    is forced. A family makes "cuda" its default only once the GPU benchmark shows it faster."""
+    is forced. A family makes "cuda" its default only once the GPU benchmark shows it faster;
+    that default runs Triton where leedl_fast._C_cuda is not built."""
     _GPU_IMPLS[op] = {"triton": triton, "cuda": cuda, "default": default}
 
     def gpu_kernel(*args):

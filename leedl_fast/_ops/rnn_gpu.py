@@ -2,12 +2,16 @@
 
 Two implementations per op, picked by `register_gpu` (leedl_fast/_ops/_registry.py):
 
-* "triton" (the default): the per-step path of kernels/rnn.py -- a Python loop over the steps,
+* "triton": the per-step path of kernels/rnn.py -- a Python loop over the steps,
   each one cuBLAS product for h_{t-1} W_hh^T and one fused Triton launch for the pointwise rest.
   Under the Triton interpreter the same launchers run CPU tensors (that is how the tests run it).
-* "cuda": the persistent whole-sequence CUDA C++ kernels, looked up lazily in
-  leedl_fast._ops.rnn_cuda.CUDA_IMPLS (same op names and signatures). Where that module or its
-  entry for an op does not exist yet, the op runs the Triton path instead.
+* "cuda" (the default where leedl_fast._C_cuda is built, Triton elsewhere): the persistent
+  whole-sequence CUDA C++ kernels, looked up lazily in leedl_fast._ops.rnn_cuda.CUDA_IMPLS (same
+  op names and signatures). Where that module or its entry for an op does not exist yet, the op
+  runs the Triton path instead. Measured on the H100 (bench/results/cuda-nvidia-h100-80gb-hbm3.md,
+  bf16): 2.1-3.4x cuDNN at batch <= 16 where the Triton path ran 0.25-0.41x (a Python loop of
+  two launches per step), and ahead of Triton at batch 64 too, except one training case
+  (1024x64x256: 36.3 vs 33.5 ms) before the staging fix of stage_chunk.
 
 The fakes and autograd of these ops live in leedl_fast/_ops/rnn.py; the shapes are checked here,
 once, before a kernel can read out of bounds (the C++ CPU kernels TORCH_CHECK the same).
@@ -134,6 +138,6 @@ def _cuda_or_triton(op):
     return run
 
 
-# Triton stays the default until the GPU benchmark shows the CUDA C++ kernels faster.
+# The CUDA C++ kernels are the default: the H100 benchmark measured them faster (see the top).
 for _op, _impl in TRITON_IMPLS.items():
-    register_gpu(_op, triton=_impl, cuda=_cuda_or_triton(_op))
+    register_gpu(_op, triton=_impl, cuda=_cuda_or_triton(_op), default="cuda")
