@@ -54,6 +54,33 @@ TORCH_LIBRARY(leedl_fast, m) {
   m.def("gru_sequence_bwd(Tensor dy, Tensor dh_n, Tensor saved, Tensor y, Tensor h0,"
         " Tensor w_hh, bool has_bias) -> (Tensor dgates_x, Tensor dw_hh, Tensor db_hh,"
         " Tensor dh0)");
+
+  // --- convolution (docs/conv.md) ---
+  // x (N, C, H, W), NCHW or channels_last (any strides: kernels read x through its strides or
+  // the glue makes it contiguous in one of the two formats); weight (O, C / groups, KH, KW);
+  // bias (O,); residual shaped like out. padding is (top, bottom, left, right) -- 'same' with an
+  // even kernel pads one more on the bottom/right, as torch does. The epilogue:
+  //   z = conv(x, weight) + bias + residual;  out = activation(z)
+  // activation is "none", "relu", "gelu" (exact, erf) or "silu". out has x's dtype and x's
+  // memory format. z is saved for the backward only where the activation needs it (gelu,
+  // silu); otherwise it is (0,) and the backward uses out (relu: out > 0).
+  m.def("conv2d_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int[2] stride,"
+        " int[4] padding, int[2] dilation, int groups, str activation) -> (Tensor out, Tensor z)");
+  // dz = dout * activation'(z); dx = the transposed convolution of dz, dweight = the
+  // correlation of x with dz, dbias = dz summed over (N, H, W), dresidual = dz. An output whose
+  // output_mask entry is false comes back as (0,). dweight and dbias in weight's dtype
+  // (accumulated in fp32 for fp16/bf16).
+  m.def("conv2d_bwd(Tensor dout, Tensor x, Tensor weight, Tensor out, Tensor z, int[2] stride,"
+        " int[4] padding, int[2] dilation, int groups, str activation, bool[4] output_mask)"
+        " -> (Tensor dx, Tensor dweight, Tensor dbias, Tensor dresidual)");
+  // The depthwise-separable block, inference only (no autograd; training composes two
+  // conv2d_fwd calls): mid = dw_activation(depthwise(x, dw_weight) + dw_bias), groups = C,
+  // dw_weight (C, 1, KH, KW) -- a BatchNorm after the depthwise conv is folded into dw_weight
+  // and dw_bias; out = activation(mid @ pw_weight (O, C, 1, 1) + pw_bias). mid is kept on chip
+  // where it fits, never written whole to memory.
+  m.def("separable_conv2d_fwd(Tensor x, Tensor dw_weight, Tensor? dw_bias, str dw_activation,"
+        " Tensor pw_weight, Tensor? pw_bias, str activation, int[2] stride, int[4] padding,"
+        " int[2] dilation) -> Tensor");
 }
 
 // Importable as a Python module so `import leedl_fast._C` loads the registrations above.
