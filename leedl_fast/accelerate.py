@@ -16,7 +16,41 @@ SWAPS = {
     torch.nn.RMSNorm: lf_nn.RMSNorm,
     # Fused only where need_weights=False (torch's own path otherwise, same results).
     torch.nn.MultiheadAttention: lf_nn.MultiheadAttention,
+    torch.nn.Conv2d: lf_nn.Conv2d,
 }
+
+# Activations a Conv2d's epilogue can take over when they directly follow it (and its BN).
+_FUSABLE_ACTIVATIONS = {torch.nn.ReLU: "relu", torch.nn.SiLU: "silu"}
+
+
+def _activation_name(module):
+    if type(module) is torch.nn.GELU:
+        return "gelu" if module.approximate == "none" else None
+    return _FUSABLE_ACTIVATIONS.get(type(module))
+
+
+def _fold_sequential(seq):
+    """In an eval-mode nn.Sequential, Conv2d -> BatchNorm2d [-> ReLU/GELU/SiLU] becomes one
+    Conv2d with the BN folded into its weight and bias (fold_batchnorm) and the activation in
+    its epilogue; the BN and the activation become Identity (indices, and so state_dict keys of
+    the other children, are kept). Only where every module involved is in eval mode: the fold
+    is exact for BN's running statistics, which training would not use."""
+    children = list(seq.children())
+    for i, conv in enumerate(children[:-1]):
+        bn = children[i + 1]
+        if not (type(conv) is lf_nn.Conv2d and type(bn) is torch.nn.BatchNorm2d):
+            continue
+        if conv.training or bn.training or bn.running_mean is None or conv.activation:
+            continue
+        weight, bias = lf_nn.fold_batchnorm(conv, bn)
+        conv.weight = torch.nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+        conv.bias = torch.nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
+        seq[i + 1] = torch.nn.Identity()
+        act = children[i + 2] if i + 2 < len(children) else None
+        name = _activation_name(act) if act is not None else None
+        if name is not None:
+            conv.activation = name
+            seq[i + 2] = torch.nn.Identity()
 
 
 
@@ -45,7 +79,9 @@ REBUILDS = {torch.nn.LSTM: _rebuild_rnn, torch.nn.GRU: _rebuild_rnn,
 
 
 def accelerate(model):
-    """Swap every module of a supported torch.nn type for leedl_fast's; returns the model."""
+    """Swap every module of a supported torch.nn type for leedl_fast's; returns the model.
+    In eval mode, Conv2d -> BatchNorm2d [-> activation] inside an nn.Sequential is folded into
+    one fused conv (see _fold_sequential): call it on the inference copy of a model."""
     if type(model) in REBUILDS:
         return REBUILDS[type(model)](model) or model
     for module in model.modules():
@@ -57,4 +93,7 @@ def accelerate(model):
             new = rebuild(child) if rebuild else None
             if new is not None:
                 setattr(module, name, new)
+    for module in list(model.modules()):
+        if type(module) is torch.nn.Sequential:
+            _fold_sequential(module)
     return model
