@@ -39,7 +39,7 @@ def _forward_backward(fn, x, w, b, residual, kwargs, dout_seed=0):
     leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
     out = fn(leaves[0], leaves[1], leaves[2], residual=leaves[3], **kwargs)
     gen = torch.Generator().manual_seed(dout_seed)
-    dout = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    dout = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.device, out.dtype)
     out.backward(dout)
     return [out] + [t.grad if t is not None else None for t in leaves]
 
@@ -277,3 +277,41 @@ def test_bad_dtypes_and_devices():
         F.conv2d(x, w, torch.randn(5))
     with pytest.raises(ValueError, match="dw_weight must be"):
         F.separable_conv2d(x, torch.randn(4, 1, 3, 3), None, torch.randn(2, 3, 1, 1), None)
+
+
+# ------------------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name, x_shape, w_shape, kwargs", CASES, ids=[c[0] for c in CASES])
+def test_gpu_conv2d_against_float64(dtype, name, x_shape, w_shape, kwargs):
+    """Every GPU backend, output and gradients against float64: fp32 within 1e-4 (kernels use
+    IEEE fp32 dots); fp16/bf16 within 2x (output) / 3x (gradients) of torch's own error in
+    the dtype (cuDNN conv + the activation as torch ops), plus a floor of 4 ulps."""
+    x, w, b = _inputs(x_shape, w_shape, w_shape[0])
+    act = reference.ACTIVATIONS[len(name) % 4]
+    kw = dict(kwargs, activation=act)
+    want = _forward_backward(_reference, x, w, b, None, kw)
+    dev = [t.cuda().to(dtype) for t in (x, w, b)]
+
+    def torch_conv(x, w, b, residual=None, activation=None, **conv_kw):
+        return reference.activation(TF.conv2d(x, w, b, **conv_kw), activation)
+
+    theirs = _forward_backward(torch_conv, *dev, None, kw)
+    eps = torch.finfo(dtype).eps
+    for backend in leedl_fast.available_backends("cuda"):
+        if backend == "reference":
+            continue
+        with leedl_fast.backend(backend):
+            got = _forward_backward(F.conv2d, *dev, None, kw)
+        for i, (g, t, r) in enumerate(zip(got, theirs, want)):
+            if r is None:
+                continue
+            err = (g.double().cpu() - r).abs().max().item()
+            scale = r.abs().max().item()
+            if dtype == torch.float32:
+                assert err <= 1e-4 * (scale + 1), (backend, i, err)
+            else:
+                torch_err = (t.double().cpu() - r).abs().max().item()
+                assert err <= (2 if i == 0 else 3) * torch_err + 4 * eps * scale, (
+                    backend, i, err, torch_err)
