@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from bench.harness import EAGER, Case, candidates
+from bench.harness import Case, candidates
 
 # (op, C, O, H, W, k, stride, groups, activation): the layer line-up.
 LAYERS = [

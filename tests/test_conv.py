@@ -25,7 +25,7 @@ CASES = [
     ("same-even-kernel", (1, 3, 7, 6), (4, 3, 2, 4), {"padding": "same"}),
     ("valid", (1, 2, 5, 5), (3, 2, 5, 5), {"padding": "valid"}),
 ]
-FP32_TOL = dict(atol=2e-5, rtol=2e-5)
+FP32_TOL = {"atol": 2e-5, "rtol": 2e-5}
 
 
 def _inputs(x_shape, w_shape, out_ch, bias=True, dtype=torch.float64):

@@ -62,7 +62,7 @@ def conv2d_pre(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), dilati
     """z = conv(x, weight) + bias, in the accumulation dtype (float32 / float64).
     padding is (top, bottom, left, right)."""
     xa, wa = _acc(x), _acc(weight)
-    n, c, h, w = xa.shape
+    n, _c, h, w = xa.shape
     o, cg, kh, kw = wa.shape
     top, bottom, left, right = padding
     xp = torch.nn.functional.pad(xa, (left, right, top, bottom))  # zero padding
