@@ -1,0 +1,240 @@
+// Shared pieces of the convolution family's CPU kernels (conv.cpp: the GEMM forward;
+// conv_bwd.cpp: the backward; conv_depthwise.cpp: the direct depthwise kernels and the
+// separable block). See docs/conv.md for the math.
+//
+// Layouts. Every kernel runs in one of two layouts, chosen by the memory-format rule the Python
+// glue's fakes use (leedl_fast/_ops/conv.py `memory_format`): channels_last when x is
+// contiguous as channels_last and not as NCHW, NCHW otherwise. x is made contiguous in that
+// layout (a copy only for other strides), outputs are written in it. Element (c, h, w) of an
+// image lives at c * sc + h * sh + w * sw with (sc, sh, sw) = (H W, W, 1) for NCHW and
+// (1, W C, C) for channels_last (NHWC).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "vec_loops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+namespace leedl_fast {
+namespace conv {
+
+// Accumulation type: fp32 for fp16/bf16/fp32, fp64 for fp64 (exact gradients in tests).
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// ------------------------------------------------------------------------------ geometry
+
+struct Shape {
+  int64_t N, C, H, W;   // input
+  int64_t O, KH, KW;    // weight (O, C / groups, KH, KW)
+  int64_t OH, OW;       // output
+  int64_t groups;
+  int64_t sh, sw;       // stride
+  int64_t pt, pb, pl, pr;  // padding (top, bottom, left, right)
+  int64_t dh, dw;       // dilation
+  bool channels_last;
+
+  int64_t Cg() const { return C / groups; }
+  int64_t Og() const { return O / groups; }
+  int64_t HW() const { return H * W; }
+  int64_t OHW() const { return OH * OW; }
+  int64_t taps() const { return KH * KW; }
+  int64_t K() const { return Cg() * KH * KW; }  // the GEMM reduction length per group
+  // 1x1, stride 1, no padding: the input itself is the GEMM operand (no im2col).
+  bool pointwise() const {
+    return KH == 1 && KW == 1 && sh == 1 && sw == 1 && pt == 0 && pb == 0 && pl == 0 && pr == 0;
+  }
+  // One filter per input channel (groups == C), any channel multiplier O / C.
+  bool depthwise() const { return groups == C && Cg() == 1; }
+  // Offsets of x's (c, h, w) and out's (o, h, w) within one image.
+  int64_t x_sc() const { return channels_last ? 1 : H * W; }
+  int64_t x_sh() const { return channels_last ? W * C : W; }
+  int64_t x_sw() const { return channels_last ? C : 1; }
+  // Range of output columns whose taps kw = 0 .. KW-1 all fall inside the input (may be empty).
+  int64_t first_full_col() const { return std::min(OW, (pl + sw - 1) / sw); }
+  int64_t last_full_col() const {  // one past
+    const int64_t reach = W - 1 + pl - (KW - 1) * dw;  // ow * sw <= reach
+    return reach < 0 ? 0 : std::min(OW, reach / sw + 1);
+  }
+};
+
+// The memory format the glue's fakes promise for x-shaped outputs.
+inline at::MemoryFormat layout_of(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// Validates x/weight/stride/padding/dilation/groups (op names the caller in messages) and
+// returns the geometry.
+Shape check_shape(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                  int64_t groups);
+
+// An optional per-channel vector (bias) checked for shape/dtype and returned contiguous in the
+// accumulation type, or undefined.
+at::Tensor check_vector(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                        int64_t size, const at::Tensor& x);
+
+// t in dtype `type` and contiguous in `fmt` (t itself when it already is: read-only use).
+inline at::Tensor formatted(const at::Tensor& t, at::ScalarType type, at::MemoryFormat fmt) {
+  return t.to(type).contiguous(fmt);
+}
+
+// An uninitialized (N, C, H, W) tensor in layout fmt; huge pages advised when large.
+at::Tensor empty_image(at::IntArrayRef shape, const at::TensorOptions& opts,
+                       at::MemoryFormat fmt);
+
+// ---------------------------------------------------------------------------- activation
+
+enum class Act { kNone, kRelu, kGelu, kSilu };
+
+Act parse_activation(const char* op, std::string_view name);
+
+inline bool saves_z(Act a) { return a == Act::kGelu || a == Act::kSilu; }
+
+// Calls f(std::integral_constant<Act, a>) so that the activation is a compile-time constant in
+// the inner loops.
+template <typename F>
+inline void with_act(Act a, F f) {
+  switch (a) {
+    case Act::kNone: f(std::integral_constant<Act, Act::kNone>{}); break;
+    case Act::kRelu: f(std::integral_constant<Act, Act::kRelu>{}); break;
+    case Act::kGelu: f(std::integral_constant<Act, Act::kGelu>{}); break;
+    case Act::kSilu: f(std::integral_constant<Act, Act::kSilu>{}); break;
+  }
+}
+
+template <Act kAct, typename A>
+inline Vec<A> activate(const Vec<A>& z) {
+  if constexpr (kAct == Act::kRelu) {
+    return at::vec::maximum(z, Vec<A>(A(0)));  // NaN stays NaN, as torch.relu
+  } else if constexpr (kAct == Act::kGelu) {  // exact: z * Phi(z)
+    return z * Vec<A>(A(0.5)) * (Vec<A>(A(1)) + (z * Vec<A>(A(M_SQRT1_2))).erf());
+  } else if constexpr (kAct == Act::kSilu) {
+    return z / (Vec<A>(A(1)) + z.neg().exp());
+  } else {
+    return z;
+  }
+}
+
+// d act(z) / dz (relu is handled from `out` by the caller: out > 0).
+template <Act kAct, typename A>
+inline Vec<A> activate_grad(const Vec<A>& z) {
+  if constexpr (kAct == Act::kGelu) {
+    const Vec<A> cdf = Vec<A>(A(0.5)) * (Vec<A>(A(1)) + (z * Vec<A>(A(M_SQRT1_2))).erf());
+    const A inv_sqrt_2pi = A(0.3989422804014327);
+    return cdf + z * (z * z * Vec<A>(A(-0.5))).exp() * Vec<A>(inv_sqrt_2pi);
+  } else if constexpr (kAct == Act::kSilu) {
+    const Vec<A> s = Vec<A>(A(1)) / (Vec<A>(A(1)) + z.neg().exp());
+    return s * (Vec<A>(A(1)) + z * (Vec<A>(A(1)) - s));
+  } else {
+    return Vec<A>(A(1));
+  }
+}
+
+// ------------------------------------------------------------------------------- epilogue
+
+template <typename A>
+inline Vec<A> load(const A* p, int64_t count) {
+  return count == Vec<A>::size() ? Vec<A>::loadu(p) : Vec<A>::loadu(p, count);
+}
+
+// n elements of type T as a vector of A (fp16/bf16 widened).
+template <typename A, typename T>
+inline Vec<A> load_as(const T* p, int64_t count) {
+  if constexpr (std::is_same_v<T, A>) {
+    return load(p, count);
+  } else {
+    A tmp[Vec<A>::size()];
+    for (int64_t i = 0; i < count; ++i) tmp[i] = static_cast<A>(p[i]);
+    return Vec<A>::loadu(tmp, count);
+  }
+}
+
+template <typename A, typename T>
+inline void store_as(const Vec<A>& v, T* p, int64_t count) {
+  if constexpr (std::is_same_v<T, A>) {
+    if (count == Vec<A>::size()) v.store(p); else v.store(p, count);
+  } else {
+    A tmp[Vec<A>::size()];
+    v.store(tmp, count);
+    for (int64_t i = 0; i < count; ++i) p[i] = static_cast<T>(tmp[i]);
+  }
+}
+
+// The fused epilogue over one run of n outputs, while they are in cache:
+//   z = acc + bias_scalar + bias_vec[i] + res[i];  out[i] = act(z);  z_out[i] = z
+// bias_vec, res and z_out may be null. acc may equal out (in place) when T == A.
+template <Act kAct, typename T, typename A>
+inline void epilogue(const A* acc, int64_t n, A bias_scalar, const A* bias_vec, const T* res,
+                     T* out, T* z_out) {
+  const Vec<A> vb(bias_scalar);
+  for_each_vec<A>(n, [&](int64_t i, auto c) {
+    Vec<A> z = load(acc + i, c) + vb;
+    if (bias_vec) z = z + load(bias_vec + i, c);
+    if (res) z = z + load_as<A>(res + i, c);
+    if (z_out) store_as(z, z_out + i, c);
+    store_as(activate<kAct>(z), out + i, c);
+  });
+}
+
+// ------------------------------------------------------------------------------- im2col
+
+// Valid output columns [lo, hi) for tap column kw: 0 <= ow*sw - pl + kw*dw < W.
+inline std::pair<int64_t, int64_t> valid_cols(const Shape& s, int64_t kw) {
+  const int64_t shift = s.pl - kw * s.dw;  // ow*sw >= shift  and  ow*sw <= W - 1 + shift
+  const int64_t lo = shift <= 0 ? 0 : std::min(s.OW, (shift + s.sw - 1) / s.sw);
+  const int64_t top = s.W - 1 + shift;
+  const int64_t hi = top < 0 ? 0 : std::min(s.OW, top / s.sw + 1);
+  return {lo, std::max(lo, hi)};
+}
+
+// Visits the output positions [m0, m0 + m) of one image row segment by row segment:
+// f(j, oh, ow_begin, count) where j is the first position's index within the block.
+template <typename F>
+inline void for_each_row_segment(const Shape& s, int64_t m0, int64_t m, F f) {
+  int64_t j = 0, oh = m0 / s.OW, ow = m0 % s.OW;
+  while (j < m) {
+    const int64_t count = std::min(s.OW - ow, m - j);
+    f(j, oh, ow, count);
+    j += count, ++oh, ow = 0;
+  }
+}
+
+// The receptive fields of output positions [m0, m0 + m) of one image, one group, as GEMM
+// operand tiles. NCHW: col (K x m), row (c, kh, kw), from the group's Cg planes xg. NHWC:
+// col (m x K), column (kh, kw, c), from the image x_img (H x W x C). conv.cpp.
+template <typename A>
+void im2col_nchw(const Shape& s, const A* xg, int64_t m0, int64_t m, A* col);
+template <typename A>
+void im2col_nhwc(const Shape& s, const A* x_img, int64_t g, int64_t m0, int64_t m, A* col);
+
+// Output positions per GEMM task: the col tile near 256 KB, and enough tasks for the team.
+int64_t position_block(const Shape& s, int64_t elem_bytes);
+
+// ------------------------------------------------------------------ kernels across files
+
+// The depthwise forward (s.depthwise()): out = act(conv + bias + res), z stored when defined.
+// x: accumulation dtype, contiguous in s's layout; w: (O, 1, KH, KW) accumulation dtype,
+// contiguous; bias: (O,) accumulation dtype or undefined; res, out, z: x's original dtype,
+// contiguous in s's layout (res and z may be undefined). conv_depthwise.cpp.
+void depthwise_fwd(const Shape& s, const at::Tensor& x, const at::Tensor& w,
+                   const at::Tensor& bias, const at::Tensor& res, Act act, at::Tensor& out,
+                   at::Tensor& z);
+
+}  // namespace conv
+}  // namespace leedl_fast
