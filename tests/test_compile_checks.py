@@ -123,7 +123,58 @@ def _rnn_rows():
     return rows
 
 
-CONFIGS = {"norm": _norm_rows(), "attention": _attention_rows(), "rnn": _rnn_rows()}
+# Convolution: a row's `width` is what the launcher's config helper sees (output channels per
+# group for conv2d_fwd, all output channels for the separable block, C/groups for the dx GEMM; the
+# kernel size k for the depthwise kernels, whose taps are unrolled or tiled by it). flags, '-'
+# joined: the layout ("cl" channels_last / "nchw": which strides are the constant 1 the JIT
+# specializes an int argument equal to 1 into), the geometry ("s1": stride, dilation and padding
+# 1, constants as the JIT sees them for a 3x3 'same' conv; "s2": all of them runtime ints) and the
+# variant ("full": bias + residual + gelu epilogue with z saved, "plain": none; for the dz kernel
+# the activation, and "db" when dbias is summed).
+CONV_HALF = ("fp16", "bf16")
+
+
+def _conv_rows():
+    gemm, sep = "conv2d_fwd_kernel", "separable_conv2d_fwd_kernel"
+    dw = "depthwise_conv2d_fwd_kernel"
+    rows = [(gemm, dt, n, "cl-s1-full", 90) for dt in CONV_HALF for n in (32, 64, 128)]
+    rows += [(gemm, "bf16", 128, f, 90) for f in ("nchw-s2-full", "cl-s2-plain")]
+    rows += [(gemm, "fp16", 64, "nchw-s1-full", 90), (gemm, "fp32", 64, "cl-s1-full", 90),
+             (gemm, "fp64", 32, "cl-s1-full", 90)]
+    rows += [(dw, "fp16", k, "cl-s1-full", 90) for k in (3, 5, 7)]
+    rows += [(dw, "bf16", 3, f, 90) for f in ("nchw-s2-full", "cl-s1-plain")]
+    rows += [(dw, dt, 3, "cl-s1-full", 90) for dt in ("fp32", "fp64")]
+    rows += [(sep, dt, o, "cl-s1-full", 90) for dt in CONV_HALF for o in (64, 256)]
+    rows += [(sep, "bf16", 256, "nchw-s2-full", 90)]
+    rows += [(sep, dt, 64, "cl-s1-full", 90) for dt in ("fp32", "fp64")]
+    rows += [(k, dt, 3 if k == dw else 128, "cl-s1-full", 80) for k in (gemm, dw, sep)
+             for dt in CONV_HALF]
+    return rows
+
+
+def _conv_backward_rows():
+    dz, dx, dw = "conv2d_bwd_dz_kernel", "conv2d_bwd_dx_kernel", "conv2d_bwd_dw_kernel"
+    dw_dx, dw_dw = "depthwise_conv2d_bwd_dx_kernel", "depthwise_conv2d_bwd_dw_kernel"
+    rows = [(dz, dt, 64, "cl-s1-gelu-db", 90) for dt in DTYPES + ("fp64",)]
+    rows += [(dz, "bf16", 64, f, 90) for f in ("cl-s1-relu-db", "nchw-s1-silu", "nchw-s1-none-db")]
+    rows += [(dx, dt, n, "cl-s1", 90) for dt in CONV_HALF for n in (32, 128)]
+    rows += [(dx, "bf16", 128, "nchw-s2", 90), (dx, "fp32", 64, "cl-s1", 90),
+             (dx, "fp64", 32, "cl-s2", 90)]
+    rows += [(dw, dt, 64, "cl-s1", 90) for dt in DTYPES + ("fp64",)]
+    rows += [(dw, "bf16", 64, "nchw-s2", 90)]
+    rows += [(dw_dx, dt, 3, "cl-s1", 90) for dt in DTYPES + ("fp64",)]
+    rows += [(dw_dx, "bf16", 3, "nchw-s2", 90)]
+    rows += [(dw_dw, "fp16", k, "cl-s1", 90) for k in (3, 5, 7)]
+    rows += [(dw_dw, dt, 3, "cl-s1", 90) for dt in ("bf16", "fp32", "fp64")]
+    rows += [(dw_dw, "bf16", 3, "nchw-s2", 90)]
+    rows += [(dz, "bf16", 128, "cl-s1-gelu-db", 80)]
+    rows += [(k, "bf16", 3 if k in (dw_dx, dw_dw) else 128, "cl-s1", 80)
+             for k in (dx, dw, dw_dx, dw_dw)]
+    return rows
+
+
+CONFIGS = {"norm": _norm_rows(), "attention": _attention_rows(), "rnn": _rnn_rows(),
+           "conv": _conv_rows(), "conv_backward": _conv_backward_rows()}
 
 # Spills accepted on purpose, with the reason: {(kernel, case id): reason} for Triton cases and
 # {(file name, arch): reason} for nvcc. Anything else that spills fails: fix it or justify it here.
@@ -249,7 +300,97 @@ def _resolve_rnn(mod, kernel, dtype, hidden, flags):
     return sig, consts, warps, aligned
 
 
-RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention, "rnn": _resolve_rnn}
+# The convolution kernels' pointer arguments: "t" in the input dtype, "acc" the fp32 (fp64)
+# partial sums. Every other non-constexpr argument is an i32 (sizes, strides, geometry).
+CONV_POINTERS = {
+    "conv2d_fwd_kernel": dict(X="t", W="t", BIAS="t", RES="t", OUT="t", Z="t"),
+    "depthwise_conv2d_fwd_kernel": dict(X="t", W="t", BIAS="t", RES="t", OUT="t", Z="t"),
+    "separable_conv2d_fwd_kernel": dict(X="t", DW_W="t", DW_B="t", PW_W="t", PW_B="t", OUT="t"),
+    "conv2d_bwd_dz_kernel": dict(DOUT="t", SAVED="t", DZ="t", DB_PART="acc"),
+    "conv2d_bwd_dx_kernel": dict(DZ="t", W="t", DX="t"),
+    "conv2d_bwd_dw_kernel": dict(DZ="t", X="t", DW_PART="acc"),
+    "depthwise_conv2d_bwd_dx_kernel": dict(DZ="t", W="t", DX="t"),
+    "depthwise_conv2d_bwd_dw_kernel": dict(DZ="t", X="t", DW_PART="acc"),
+}
+# Weight strides that are 1 in the layouts the launchers give the weights (kernels/conv.py
+# weight_tiles and the dx kernel's (KH, KW, O, C/groups) copy).
+CONV_WEIGHT_UNIT = {"conv2d_fwd_kernel": ("swo",), "depthwise_conv2d_fwd_kernel": ("swo",),
+                    "separable_conv2d_fwd_kernel": ("sdc", "spo"),
+                    "conv2d_bwd_dx_kernel": ("swc",), "depthwise_conv2d_bwd_dx_kernel": ("swo",)}
+CONV_ACT = {"none": 0, "relu": 1, "gelu": 2, "silu": 3}
+
+
+def _conv_constexprs(mod, kernel, dtype, width, layout, variant):
+    """(constexprs, num_warps/num_stages) the conv launchers pass for this row."""
+    full = "full" in variant
+    epilogue = dict(HAS_BIAS=full, HAS_RES=full, ACT=2 if full else 0, SAVE_Z=full)
+    prec = {"DOT_PRECISION": mod.dot_precision(dtype)}
+    if kernel in ("conv2d_fwd_kernel", "conv2d_bwd_dx_kernel"):
+        bm, bn, bk, warps, stages = mod.fwd_config(width, dtype, vector=layout == "cl")
+        consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **prec)
+        if kernel == "conv2d_fwd_kernel":
+            consts.update(epilogue)
+        return consts, {"num_warps": warps, "num_stages": stages}
+    if kernel in ("depthwise_conv2d_fwd_kernel", "depthwise_conv2d_bwd_dx_kernel"):
+        config = mod.depthwise_config if kernel.endswith("fwd_kernel") else mod.depthwise_dx_config
+        bm, bc, warps = config(dtype)
+        consts = dict(BLOCK_M=bm, BLOCK_C=bc)
+        if kernel == "depthwise_conv2d_fwd_kernel":
+            consts.update(epilogue, KH=width, KW=width)
+        return consts, warps
+    if kernel == "separable_conv2d_fwd_kernel":
+        bm, bn, bk, warps, stages = mod.separable_config(width, dtype)
+        return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, KH=3, KW=3, HAS_DW_BIAS=full,
+                    DW_ACT=1 if full else 0, HAS_PW_BIAS=full, ACT=2 if full else 0, **prec), \
+            {"num_warps": warps, "num_stages": stages}
+    if kernel == "conv2d_bwd_dz_kernel":
+        bm, bn, warps = mod.dz_config(dtype)
+        act = CONV_ACT[variant.split("-")[0]]
+        return dict(BLOCK_M=bm, BLOCK_N=bn, ACT=act, STORE_DZ=True,
+                    HAS_DBIAS=variant.endswith("db")), warps
+    if kernel == "conv2d_bwd_dw_kernel":
+        bo, bc, bm, warps, stages = mod.dw_config(dtype)
+        return dict(BLOCK_O=bo, BLOCK_C=bc, BLOCK_M=bm, **prec), \
+            {"num_warps": warps, "num_stages": stages}
+    if kernel == "depthwise_conv2d_bwd_dw_kernel":
+        bm, bt, bc, warps = mod.depthwise_dw_config(width, width, dtype)
+        return dict(BLOCK_M=bm, BLOCK_T=bt, BLOCK_C=bc), warps
+    raise KeyError(f"no resolver for {kernel}")
+
+
+def _resolve_conv(mod, kernel, dtype, width, flags):
+    import torch
+
+    fn = getattr(mod, kernel)
+    layout, geometry, *variant = flags.split("-")
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+                   "fp64": torch.float64}[dtype]
+    types = {"t": f"*{dtype}", "acc": "*fp64" if dtype == "fp64" else "*fp32"}
+    pointers = {a: types[kind] for a, kind in CONV_POINTERS[kernel].items()}
+    sig = {a: pointers.get(a, "i32") for a in fn.arg_names}
+    consts, warps = _conv_constexprs(mod, kernel, torch_dtype, width, layout, "-".join(variant))
+    # Image tensors: x/out/residual (s?x/o/r), dout/saved/dz (s?g/s/d); separable's sd* and sp*
+    # are weight strides.
+    images = ("x", "o", "r") if kernel == "separable_conv2d_fwd_kernel" else \
+        ("x", "o", "r", "g", "s", "d")
+    unit = [f"s{t}{'c' if layout == 'cl' else 'w'}" for t in images]
+    unit += list(CONV_WEIGHT_UNIT.get(kernel, ()))
+    if geometry == "s1":
+        unit += ["SH", "SW", "PT", "PL", "DH", "DW", "MULT"]
+    consts.update({a: 1 for a in unit if a in fn.arg_names and a not in consts})
+    # channels_last with channel counts that are multiples of 16 (64, 128, ...): every other
+    # stride and the channel counts are too, and the JIT marks them so (16-byte vector loads).
+    # NCHW rows keep only the pointers aligned (W, e.g. 56, rarely is).
+    aligned = list(pointers)
+    if layout == "cl":
+        aligned += [a for a in fn.arg_names if a not in consts and a not in pointers and (
+            (a.startswith("s") and a[1:2] in "xorgsdwp" and len(a) == 3) or
+            a in ("C_G", "O_G", "C", "O"))]
+    return sig, consts, warps, aligned
+
+
+RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention, "rnn": _resolve_rnn,
+             "conv": _resolve_conv, "conv_backward": _resolve_conv}
 
 
 # ---------------------------------------------------------------------------------- the worker
