@@ -39,13 +39,16 @@ def _out_hw(x_shape, w_shape, stride, padding, dilation):
 
 # ------------------------------------------------------------------------------ fake kernels
 
+def _empty(like, shape, fmt=torch.contiguous_format, dtype=None):
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+
+
 @torch.library.register_fake("leedl_fast::conv2d_fwd")
 def _(x, weight, bias, residual, stride, padding, dilation, groups, activation):
     oh, ow = _out_hw(x.shape, weight.shape, stride, padding, dilation)
     shape = (x.shape[0], weight.shape[0], oh, ow)
-    out = x.new_empty(shape, memory_format=memory_format(x))
-    z = (x.new_empty(shape, memory_format=memory_format(x)) if activation in _SAVES_Z
-         else x.new_empty(0))
+    out = _empty(x, shape, memory_format(x))
+    z = _empty(x, shape, memory_format(x)) if activation in _SAVES_Z else x.new_empty(0)
     return out, z
 
 
@@ -55,7 +58,7 @@ def _(dout, x, weight, out, z, stride, padding, dilation, groups, activation, ou
         if not present:
             return t.new_empty(0)
         fmt = memory_format(like_format) if like_format is not None else torch.contiguous_format
-        return t.new_empty(t.shape, memory_format=fmt)
+        return _empty(t, t.shape, fmt)
 
     dbias = weight.new_empty(weight.shape[0] if output_mask[2] else 0)
     return (maybe(output_mask[0], x, x), maybe(output_mask[1], weight), dbias,
@@ -66,7 +69,7 @@ def _(dout, x, weight, out, z, stride, padding, dilation, groups, activation, ou
 def _(x, dw_weight, dw_bias, dw_activation, pw_weight, pw_bias, activation, stride, padding,
       dilation):
     oh, ow = _out_hw(x.shape, dw_weight.shape, stride, padding, dilation)
-    return x.new_empty((x.shape[0], pw_weight.shape[0], oh, ow), memory_format=memory_format(x))
+    return _empty(x, (x.shape[0], pw_weight.shape[0], oh, ow), memory_format(x))
 
 
 # --------------------------------------------------------------------------------- autograd
