@@ -14,9 +14,10 @@ kernels/conv_backward.py). Three kernels, one launcher per op of csrc/ops.cpp:
   off). Groups are a program-id axis.
 * `depthwise_conv2d_fwd_kernel`: groups == C (O = C * multiplier, output channel o reads input
   channel o // multiplier). No product to speak of (k*k MACs per output), so it is memory-bound: a
-  program owns BLOCK_M positions x BLOCK_C channels, its k x k filter taps are loaded once into
-  registers (KH, KW are constexpr: the tap loop is unrolled), and each of the k*k shifted input
-  tiles it reads comes from DRAM once and from L1/L2 after that.
+  program owns BLOCK_M positions x BLOCK_C channels, each of its k x k filter taps is loaded
+  once into registers (KH, KW are constexpr; a row's KW taps are unrolled, the KH rows are a loop
+  so a 31 x 31 kernel does not unroll 961 taps), and each of the k*k shifted input tiles it
+  reads comes from DRAM once and from L1/L2 after that.
 * `separable_conv2d_fwd_kernel`: depthwise -> dw activation -> pointwise 1x1 -> activation with the
   intermediate kept on chip. A program owns BLOCK_M positions x BLOCK_N output channels and walks
   the C mid channels in chunks of BLOCK_K: the depthwise chunk (BLOCK_M x BLOCK_K) is computed in
@@ -160,7 +161,7 @@ def depthwise_conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, OH, OW, O,
     o_ok = o < O
     x_chan = X + (n.to(tl.int64) * sxn)[:, None] + ((o // MULT) * sxc)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=_acc_type(X.dtype.element_ty))
-    for kh in tl.static_range(KH):
+    for kh in range(KH):  # a loop; the KW taps of a row are unrolled
         ih = oh * SH - PT + kh * DH
         h_ok = m_ok & (ih >= 0) & (ih < H)
         for kw in tl.static_range(KW):
@@ -197,7 +198,7 @@ def separable_conv2d_fwd_kernel(X, DW_W, DW_B, PW_W, PW_B, OUT, N, C, H, WIDTH, 
         c = c0 + tl.arange(0, BLOCK_K)
         c_ok = c < C
         mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=acc_ty)
-        for kh in tl.static_range(KH):
+        for kh in range(KH):  # a loop; the KW taps of a row are unrolled
             ih = oh * SH - PT + kh * DH
             h_ok = m_ok & (ih >= 0) & (ih < H)
             for kw in tl.static_range(KW):

@@ -293,9 +293,10 @@ def depthwise_dx_config(dtype, is_cuda=True):
 
 def depthwise_dw_config(kh, kw, dtype, is_cuda=True):
     """(BLOCK_M, BLOCK_T, BLOCK_C, num_warps) of depthwise_conv2d_bwd_dw_kernel: all taps at
-    once, the (BLOCK_M, BLOCK_T, BLOCK_C) accumulator held to ~4K elements."""
+    once, the (BLOCK_M, BLOCK_T, BLOCK_C) accumulator held to ~4K elements (large kernels, e.g.
+    31 x 31, get fewer channels per program)."""
     block_t = triton.next_power_of_2(kh * kw)
-    block_c = 32 if is_cuda else 16
+    block_c = min(32 if is_cuda else 16, max(1, 4096 // block_t))
     return max(1, 4096 // (block_t * block_c)), block_t, block_c, 4
 
 
@@ -394,7 +395,7 @@ def conv2d_bwd(dout, x, weight, out, z, stride, padding, dilation, groups, activ
     o = weight.shape[0]
     if dout.numel() == 0 or x.numel() == 0:  # nothing flows: zero gradients
         zeros = lambda need, t, shape, fmt: (
-            torch.zeros(shape, dtype=t.dtype, device=t.device, memory_format=fmt) if need
+            torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt).zero_() if need
             else t.new_empty(0))
         return (zeros(need_dx, x, x.shape, memory_format(x)),
                 zeros(need_dw, weight, weight.shape, torch.contiguous_format),

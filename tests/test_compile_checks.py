@@ -141,7 +141,7 @@ def _conv_rows():
     rows += [(gemm, "bf16", 128, f, 90) for f in ("nchw-s2-full", "cl-s2-plain")]
     rows += [(gemm, "fp16", 64, "nchw-s1-full", 90), (gemm, "fp32", 64, "cl-s1-full", 90),
              (gemm, "fp64", 32, "cl-s1-full", 90)]
-    rows += [(dw, "fp16", k, "cl-s1-full", 90) for k in (3, 5, 7)]
+    rows += [(dw, "fp16", k, "cl-s1-full", 90) for k in (3, 5, 7, 31)]
     rows += [(dw, "bf16", 3, f, 90) for f in ("nchw-s2-full", "cl-s1-plain")]
     rows += [(dw, dt, 3, "cl-s1-full", 90) for dt in ("fp32", "fp64")]
     rows += [(sep, dt, o, "cl-s1-full", 90) for dt in CONV_HALF for o in (64, 256)]
@@ -164,7 +164,7 @@ def _conv_backward_rows():
     rows += [(dw, "bf16", 64, "nchw-s2", 90)]
     rows += [(dw_dx, dt, 3, "cl-s1", 90) for dt in DTYPES + ("fp64",)]
     rows += [(dw_dx, "bf16", 3, "nchw-s2", 90)]
-    rows += [(dw_dw, "fp16", k, "cl-s1", 90) for k in (3, 5, 7)]
+    rows += [(dw_dw, "fp16", k, "cl-s1", 90) for k in (3, 5, 7, 13, 31)]
     rows += [(dw_dw, dt, 3, "cl-s1", 90) for dt in ("bf16", "fp32", "fp64")]
     rows += [(dw_dw, "bf16", 3, "nchw-s2", 90)]
     rows += [(dz, "bf16", 128, "cl-s1-gelu-db", 80)]
