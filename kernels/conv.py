@@ -8,10 +8,13 @@ kernels/conv_backward.py). Three kernels, one launcher per op of csrc/ops.cpp:
 
       ih = oh*s_h - pad_top + kh*d_h,   iw = ow*s_w - pad_left + kw*d_w     (masked: padding = 0)
 
-  K is walked tap by tap ((kh, kw) outer, BLOCK_K input channels inner; one flat loop, so the
-  software pipeliner sees every step), so a channels_last input gives contiguous K-runs. tl.dot
-  accumulates in fp32 (fp64 for fp64; fp32 inputs use input_precision="ieee": TF32 is ~1e-3
-  off). Groups are a program-id axis.
+  K is walked tap by tap ((kh, kw) outer, BLOCK_K input channels inner, as one loop so the
+  software pipeliner sees every step), so a channels_last input gives contiguous K-runs. With
+  fewer channels per group than BLOCK_K (the first layer's 3) every tap would be padded to a
+  whole K tile, so K is then walked flat instead (FLAT_K: each column k = tap*C/groups + c
+  decodes its own tap; 27 values of a 3-channel 3x3 conv fill one 32-wide tile instead of 9).
+  tl.dot accumulates in fp32 (fp64 for fp64; fp32 inputs use input_precision="ieee": TF32 is
+  ~1e-3 off). Groups are a program-id axis.
 * `depthwise_conv2d_fwd_kernel`: groups == C (O = C * multiplier, output channel o reads input
   channel o // multiplier). No product to speak of (k*k MACs per output), so it is memory-bound: a
   program owns BLOCK_M positions x BLOCK_C channels, each of its k x k filter taps is loaded
@@ -76,6 +79,13 @@ def _positions(offs, OH, OW):
 
 
 @triton.jit
+def _flat_taps(k, C_G, KW):
+    """(c, kh, kw) of flat reduction indices k = (kh * KW + kw) * C_G + c."""
+    tap = k // C_G
+    return k % C_G, tap // KW, tap % KW
+
+
+@triton.jit
 def _image_offsets(n, h, w, c, sn, sc, sh, sw):
     """(BLOCK_M, BLOCK_C) element offsets of positions (n, h, w) x channels c; int64."""
     return (n.to(tl.int64) * sn + h * sh + w * sw)[:, None] + (c * sc)[None, :]
@@ -109,9 +119,12 @@ def conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, C_G, OH, OW, O_G, KH
                       son, soc, soh, sow, SH, SW, PT, PL, DH, DW,
                       HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
                       SAVE_Z: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                      BLOCK_K: tl.constexpr, FLAT_K: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr):
     """One BLOCK_M x BLOCK_N tile of group g's output: out[m, o] = act(sum_k A[m, k] W[k, o] +
-    ...), k walked as (tap, channel chunk). Grid: (cdiv(M, BLOCK_M), cdiv(O_G, BLOCK_N), groups)."""
+    ...), k walked as (tap, channel chunk), or flat (FLAT_K: k = tap * C_G + c decoded per column,
+    for few channels per group, e.g. the first layer's 3, which would pad every tap to a K tile).
+    Grid: (cdiv(M, BLOCK_M), cdiv(O_G, BLOCK_N), groups)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
@@ -126,32 +139,46 @@ def conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, C_G, OH, OW, O_G, KH
     ih0 = oh * SH - PT
     iw0 = ow * SW - PL
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=_acc_type(X.dtype.element_ty))
-    k_chunks = tl.cdiv(C_G, BLOCK_K)
-    for step in range(KH * KW * k_chunks):
-        tap = step // k_chunks
-        kh = tap // KW
-        kw = tap % KW
-        c = (step % k_chunks) * BLOCK_K + offs_k
-        c_ok = c < C_G
-        ih = ih0 + kh * DH
-        iw = iw0 + kw * DW
-        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < WIDTH)
-        a = tl.load((x_rows + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :],
-                    mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        b = tl.load(W + (c * swc + kh * swh + kw * sww)[:, None] + (o * swo)[None, :],
-                    mask=c_ok[:, None] & o_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc.dtype)
+    if FLAT_K:
+        k_total = C_G * KH * KW
+        for k0 in range(0, k_total, BLOCK_K):
+            k_ok = k0 + offs_k < k_total
+            c, kh, kw = _flat_taps(k0 + offs_k, C_G, KW)
+            ih = ih0[:, None] + (kh * DH)[None, :]
+            iw = iw0[:, None] + (kw * DW)[None, :]
+            ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < WIDTH)
+            a = tl.load(x_rows[:, None] + ih * sxh + iw * sxw + (c * sxc)[None, :], mask=ok,
+                        other=0.0)
+            b = tl.load(W + (c * swc + kh * swh + kw * sww)[:, None] + (o * swo)[None, :],
+                        mask=k_ok[:, None] & o_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc.dtype)
+    else:
+        k_chunks = tl.cdiv(C_G, BLOCK_K)
+        for step in range(KH * KW * k_chunks):
+            tap = step // k_chunks
+            kh = tap // KW
+            kw = tap % KW
+            c = (step % k_chunks) * BLOCK_K + offs_k
+            c_ok = c < C_G
+            ih = ih0 + kh * DH
+            iw = iw0 + kw * DW
+            row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < WIDTH)
+            a = tl.load((x_rows + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :],
+                        mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(W + (c * swc + kh * swh + kw * sww)[:, None] + (o * swo)[None, :],
+                        mask=c_ok[:, None] & o_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc.dtype)
     _epilogue(acc, n, oh, ow, o, m_ok, o_ok, BIAS, RES, OUT, Z, srn, src, srh, srw,
               son, soc, soh, sow, HAS_BIAS, HAS_RES, ACT, SAVE_Z)
 
 
 @triton.jit
 def depthwise_conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, OH, OW, O, MULT,
-                         sxn, sxc, sxh, sxw, swo, swh, sww, srn, src, srh, srw,
-                         son, soc, soh, sow, SH, SW, PT, PL, DH, DW,
-                         KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         HAS_RES: tl.constexpr, ACT: tl.constexpr, SAVE_Z: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                                sxn, sxc, sxh, sxw, swo, swh, sww, srn, src, srh, srw,
+                                son, soc, soh, sow, SH, SW, PT, PL, DH, DW,
+                                KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                HAS_RES: tl.constexpr, ACT: tl.constexpr, SAVE_Z: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Depthwise conv (groups = C), direct: BLOCK_M positions x BLOCK_C output channels; output
     channel o reads input channel o // MULT. Grid: (cdiv(M, BLOCK_M), cdiv(O, BLOCK_C))."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -255,19 +282,34 @@ def vector_loads(t, channels):
         s % 16 == 0 for s in (t.stride(0), t.stride(2), t.stride(3)))
 
 
-def fwd_config(out_per_group, dtype, is_cuda=True, vector=True):
+def k_tile(dtype, is_cuda=True):
+    """BLOCK_K of the conv GEMMs: 32 for 16-bit tensor-core dots, 16 otherwise."""
+    return 32 if is_cuda and dtype in (torch.float16, torch.bfloat16) else 16
+
+
+def use_flat_k(channels_per_group, tile):
+    """Walk the reduction flat over (tap, channel) when one tap's channels do not fill a tile
+    (the first layer's 3 channels would pad each of the k*k taps to BLOCK_K). Read at call time:
+    tests force either path."""
+    return channels_per_group < tile
+
+
+def fwd_config(out_per_group, dtype, is_cuda=True, vector=True, flat=False):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of conv2d_fwd_kernel (and of the dx
     GEMM, with C/groups for out_per_group). Sized with tests/test_compile_checks.py so that ptxas
-    reports no spills on sm_90 and sm_80; without vector loads (NCHW, odd channel counts) every
-    element of the A tile has its own address, so the M tile is halved."""
+    reports no spills on sm_90 and sm_80: without vector loads (NCHW, odd channel counts) every
+    element of the A tile has its own address, so the M tile is halved; the flat reduction
+    decodes 2-D coordinates per element, so it takes 8 warps."""
+    block_k = k_tile(dtype, is_cuda)
     if not is_cuda:
-        return 64, 16, 16, 4, 1  # the interpreter: few programs (each runs as Python), edges hit
+        return 64, 16, block_k, 4, 1  # the interpreter: few programs (each runs as Python)
+    warps = 8 if flat else 4
     if dtype == torch.float64:
-        return 32, 32, 16, 4, 1
+        return 32, 32, block_k, warps, 1
     if dtype == torch.float32:  # ieee dots (no tensor cores): FMA tiles
-        return 64, _pow2_between(out_per_group, 32, 64), 16, 4, 2
+        return 64, _pow2_between(out_per_group, 32, 64), block_k, warps, 2
     block_n = _pow2_between(out_per_group, 32, 128)
-    return 128 if vector else 64, block_n, 32, 8 if block_n == 128 else 4, 3
+    return 128 if vector else 64, block_n, block_k, 8 if block_n == 128 else warps, 3
 
 
 def depthwise_config(dtype, is_cuda=True):
@@ -326,14 +368,15 @@ def conv2d_fwd(x, weight, bias, residual, stride, padding, dilation, groups, act
             *_strides4(residual), *out.stride(), *geometry, KH=kh, KW=kw, **common,
             BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
         return out, z
+    flat = use_flat_k(c_g, k_tile(x.dtype, x.is_cuda))
     block_m, block_n, block_k, warps, stages = fwd_config(o // groups, x.dtype, x.is_cuda,
-                                                          vector_loads(x, c_g))
+                                                          vector_loads(x, c_g), flat)
     w_t = weight_tiles(weight)
     grid = (triton.cdiv(n * oh * ow, block_m), triton.cdiv(o // groups, block_n), groups)
     conv2d_fwd_kernel[grid](
         x, w_t, *tensors, n, h, w, c_g, oh, ow, o // groups, kh, kw, *x.stride(),
         *w_t.stride(), *_strides4(residual), *out.stride(), *geometry, **common,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, FLAT_K=flat,
         DOT_PRECISION=dot_precision(x.dtype), num_warps=warps, num_stages=stages)
     return out, z
 

@@ -16,7 +16,8 @@ Kernels:
   positions are split into s_h*s_w phases (ih mod s_h, iw mod s_w), a program-id axis: inside a
   phase, a tap either contributes to every position or to none, and the taps that do not are
   skipped whole (a scalar branch) instead of multiplying masked zeros.
-* `conv2d_bwd_dw_kernel`: dweight as an implicit GEMM over M: (O/groups) x (C/groups) per tap,
+* `conv2d_bwd_dw_kernel`: dweight as an implicit GEMM over M: (O/groups) x (C/groups) per tap
+  (or, for few channels per group, x the flat (tap, channel) columns, as the forward's FLAT_K),
   reducing over the N*OH*OW positions, which are split into chunks (a program-id axis) whose fp32
   partials are summed afterwards -- deterministic, no atomics.
 * `depthwise_conv2d_bwd_dx_kernel`: depthwise dx, direct (elementwise, like the forward).
@@ -33,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv import (ACTIVATIONS, _acc_type, _image_offsets, _positions, dot_precision,
+from . import conv
+from .conv import (ACTIVATIONS, _acc_type, _flat_taps, _image_offsets, _positions, dot_precision,
                    empty_like_format, fwd_config, memory_format, vector_loads, weight_tiles)
 
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -139,48 +141,66 @@ def conv2d_bwd_dx_kernel(DZ, W, DX, N, H, WIDTH, C_G, OH, OW, O_G, KH, KW,
 def conv2d_bwd_dw_kernel(DZ, X, DW_PART, N, H, WIDTH, C_G, OH, OW, O_G, KH, KW, m_per_chunk,
                          chunks, sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw, SH, SW, PT, PL, DH, DW,
                          BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr):
-    """Partial dweight of BLOCK_O output x BLOCK_C input channels of group g at one tap, summed
-    over one chunk of positions: DW_PART[chunk, o, c, tap]. Grid: (cdiv(O_G, BLOCK_O),
-    cdiv(C_G, BLOCK_C) * KH*KW, groups * chunks)."""
-    c_blocks = tl.cdiv(C_G, BLOCK_C)
-    tap = tl.program_id(1) // c_blocks
-    kh = tap // KW
-    kw = tap % KW
+                         FLAT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Partial dweight of BLOCK_O output channels x BLOCK_C columns of group g, summed over one
+    chunk of positions: DW_PART[chunk, o, c, tap]. A column is an input channel at one tap, or
+    (FLAT, for few channels per group) any (tap, channel) pair j = tap * C_G + c.
+    Grid: (cdiv(O_G, BLOCK_O), cdiv(C_G, BLOCK_C) * KH*KW or cdiv(C_G*KH*KW, BLOCK_C),
+    groups * chunks)."""
+    if FLAT:
+        j = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_ok = j < C_G * KH * KW
+        c_in_group, kh, kw = _flat_taps(j, C_G, KW)
+        col_offs = c_in_group * (KH * KW) + kh * KW + kw  # in a row of DW_PART[chunk, o]
+    else:
+        c_blocks = tl.cdiv(C_G, BLOCK_C)
+        tap = tl.program_id(1) // c_blocks
+        kh = tap // KW
+        kw = tap % KW
+        c_in_group = (tl.program_id(1) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        col_ok = c_in_group < C_G
+        col_offs = c_in_group * (KH * KW) + tap
     g = tl.program_id(2) // chunks
     chunk = tl.program_id(2) % chunks
     o_in_group = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o_in_group < O_G
-    c_in_group = (tl.program_id(1) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c_in_group < C_G
+    x_chan = (g * C_G + c_in_group) * sxc
     m_total = N * OH * OW
     acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=_acc_type(X.dtype.element_ty))
     start = chunk * m_per_chunk
     for m0 in range(start, tl.minimum(start + m_per_chunk, m_total), BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        n, oh, ow = _positions(offs_m, OH, OW)
-        ih = oh * SH - PT + kh * DH
-        iw = ow * SW - PL + kw * DW
         m_ok = offs_m < m_total
-        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < WIDTH)
+        n, oh, ow = _positions(offs_m, OH, OW)
         img = n.to(tl.int64)
         a = tl.load(DZ + (img * sdn + oh * sdh + ow * sdw)[None, :] +
                     ((g * O_G + o_in_group) * sdc)[:, None],
                     mask=o_ok[:, None] & m_ok[None, :], other=0.0)  # dz^T (BLOCK_O, BLOCK_M)
-        b = tl.load(X + _image_offsets(n, ih, iw, g * C_G + c_in_group, sxn, sxc, sxh, sxw),
-                    mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        if FLAT:  # every column has its own tap: 2-D input coordinates
+            ih = (oh * SH - PT)[:, None] + (kh * DH)[None, :]
+            iw = (ow * SW - PL)[:, None] + (kw * DW)[None, :]
+            ok = m_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (
+                iw < WIDTH)
+            b = tl.load(X + (img * sxn)[:, None] + ih * sxh + iw * sxw + x_chan[None, :],
+                        mask=ok, other=0.0)
+        else:
+            ih = oh * SH - PT + kh * DH
+            iw = ow * SW - PL + kw * DW
+            row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < WIDTH)
+            b = tl.load(X + (img * sxn + ih * sxh + iw * sxw)[:, None] + x_chan[None, :],
+                        mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc.dtype)
     groups = tl.num_programs(2) // chunks
     row = chunk.to(tl.int64) * (groups * O_G) + g * O_G + o_in_group  # DW_PART[chunk, o]
-    offs = (row[:, None] * C_G + c_in_group[None, :]) * (KH * KW) + tap
-    tl.store(DW_PART + offs, acc, mask=o_ok[:, None] & c_ok[None, :])
+    tl.store(DW_PART + row[:, None] * (C_G * KH * KW) + col_offs[None, :], acc,
+             mask=o_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
 def depthwise_conv2d_bwd_dx_kernel(DZ, W, DX, N, H, WIDTH, C, OH, OW, MULT, KH, KW,
-                            sdn, sdc, sdh, sdw, swo, swh, sww, sxn, sxc, sxh, sxw,
-                            SH, SW, PT, PL, DH, DW, BLOCK_M: tl.constexpr,
-                            BLOCK_C: tl.constexpr):
+                                   sdn, sdc, sdh, sdw, swo, swh, sww, sxn, sxc, sxh, sxw,
+                                   SH, SW, PT, PL, DH, DW, BLOCK_M: tl.constexpr,
+                                   BLOCK_C: tl.constexpr):
     """Depthwise dx of BLOCK_M input positions x BLOCK_C channels: channel c collects its MULT
     output channels c*MULT + j over every tap. Grid: (cdiv(N*H*W, BLOCK_M), cdiv(C, BLOCK_C))."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -209,10 +229,9 @@ def depthwise_conv2d_bwd_dx_kernel(DZ, W, DX, N, H, WIDTH, C, OH, OW, MULT, KH, 
 
 @triton.jit
 def depthwise_conv2d_bwd_dw_kernel(DZ, X, DW_PART, N, H, WIDTH, OH, OW, O, MULT, KH, KW,
-                                   m_per_chunk,
-                            sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw, SH, SW, PT, PL, DH, DW,
-                            BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
-                            BLOCK_C: tl.constexpr):
+                                   m_per_chunk, sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+                                   SH, SW, PT, PL, DH, DW, BLOCK_M: tl.constexpr,
+                                   BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """Partial depthwise dweight of BLOCK_C output channels over one chunk of positions, every
     tap t = kh*KW + kw at once: DW_PART[chunk, t, o]. Grid: (cdiv(O, BLOCK_C), chunks)."""
     o = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -279,15 +298,15 @@ def dw_config(dtype, is_cuda=True):
     if not is_cuda:
         return 16, 16, 64, 4, 1
     if dtype == torch.float64:
-        return 32, 32, 16, 4, 1
+        return 32, 32, 16, 8, 1  # 4 warps: a 12-byte spill on sm_90
     if dtype == torch.float32:
         return 32, 32, 32, 4, 2
     return 64, 64, 32, 4, 3
 
 
 def depthwise_dx_config(dtype, is_cuda=True):
-    """(BLOCK_M, BLOCK_C, num_warps) of depthwise_conv2d_bwd_dx_kernel (8 warps: a 4-byte
-    spill on sm_90 with a runtime stride)."""
+    """(BLOCK_M, BLOCK_C, num_warps) of depthwise_conv2d_bwd_dx_kernel (the forward's 8 warps
+    spill 4 bytes here on sm_90 with runtime strides)."""
     return (64, 32, 4) if is_cuda else (64, 16, 4)
 
 
@@ -332,7 +351,8 @@ def _dx(dz, x, weight, stride, padding, dilation, groups):
         block_m, block_c, warps = depthwise_dx_config(x.dtype, x.is_cuda)
         w_t = weight_tiles(weight)
         sw = w_t.stride()
-        depthwise_conv2d_bwd_dx_kernel[(triton.cdiv(n * h * w, block_m), triton.cdiv(c, block_c))](
+        grid = (triton.cdiv(n * h * w, block_m), triton.cdiv(c, block_c))
+        depthwise_conv2d_bwd_dx_kernel[grid](
             dz, w_t, dx, n, h, w, c, oh, ow, o // c, kh, kw, *dz.stride(), sw[0], sw[2],
             sw[3], *dx.stride(), *_geometry(stride, padding, dilation), BLOCK_M=block_m,
             BLOCK_C=block_c, num_warps=warps)
@@ -371,16 +391,17 @@ def _dweight(dz, x, weight, stride, padding, dilation, groups):
             num_warps=warps)
         return part.sum(0).t().reshape(o, 1, kh, kw).to(weight.dtype).contiguous()
     block_o, block_c, block_m, warps, stages = dw_config(x.dtype, x.is_cuda)
-    tiles = triton.cdiv(o // groups, block_o) * triton.cdiv(c_g, block_c) * kh * kw * groups
+    flat = conv.use_flat_k(c_g, block_c)
+    columns = triton.cdiv(c_g * kh * kw, block_c) if flat else triton.cdiv(c_g, block_c) * kh * kw
+    tiles = triton.cdiv(o // groups, block_o) * columns * groups
     chunks = min(_chunks(x, triton.cdiv(m, block_m), tiles, 2), 65535 // groups)
     m_per_chunk, chunks = _split(m, block_m, chunks)
     part = torch.empty(chunks, o, c_g, kh * kw, device=x.device, dtype=acc)
-    grid = (triton.cdiv(o // groups, block_o), triton.cdiv(c_g, block_c) * kh * kw,
-            groups * chunks)
+    grid = (triton.cdiv(o // groups, block_o), columns, groups * chunks)
     conv2d_bwd_dw_kernel[grid](
         dz, x, part, n, h, w, c_g, oh, ow, o // groups, kh, kw, m_per_chunk, chunks,
         *dz.stride(), *x.stride(), *geometry, BLOCK_O=block_o, BLOCK_C=block_c,
-        BLOCK_M=block_m, DOT_PRECISION=dot_precision(x.dtype), num_warps=warps,
+        BLOCK_M=block_m, FLAT=flat, DOT_PRECISION=dot_precision(x.dtype), num_warps=warps,
         num_stages=stages)
     return part.sum(0).view(o, c_g, kh, kw).to(weight.dtype)
 
@@ -394,9 +415,11 @@ def conv2d_bwd(dout, x, weight, out, z, stride, padding, dilation, groups, activ
     act = ACTIVATIONS[activation]
     o = weight.shape[0]
     if dout.numel() == 0 or x.numel() == 0:  # nothing flows: zero gradients
-        zeros = lambda need, t, shape, fmt: (
-            torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt).zero_() if need
-            else t.new_empty(0))
+        def zeros(need, t, shape, fmt):
+            if not need:
+                return t.new_empty(0)
+            return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt).zero_()
+
         return (zeros(need_dx, x, x.shape, memory_format(x)),
                 zeros(need_dw, weight, weight.shape, torch.contiguous_format),
                 zeros(need_db, weight, (o,), torch.contiguous_format),

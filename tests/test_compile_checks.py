@@ -127,10 +127,12 @@ def _rnn_rows():
 # group for conv2d_fwd, all output channels for the separable block, C/groups for the dx GEMM; the
 # kernel size k for the depthwise kernels, whose taps are unrolled or tiled by it). flags, '-'
 # joined: the layout ("cl" channels_last / "nchw": which strides are the constant 1 the JIT
-# specializes an int argument equal to 1 into), the geometry ("s1": stride, dilation and padding
+# specializes an int argument equal to 1 into; "cl3": channels_last with 3 channels, so no other
+# stride is a multiple of 16), the geometry ("s1": stride, dilation and padding
 # 1, constants as the JIT sees them for a 3x3 'same' conv; "s2": all of them runtime ints) and the
 # variant ("full": bias + residual + gelu epilogue with z saved, "plain": none; for the dz kernel
-# the activation, and "db" when dbias is summed).
+# the activation, and "db" when dbias is summed; "flat": the flat (tap, channel) reduction of
+# few channels per group, kernels/conv.py use_flat_k).
 CONV_HALF = ("fp16", "bf16")
 
 
@@ -141,6 +143,9 @@ def _conv_rows():
     rows += [(gemm, "bf16", 128, f, 90) for f in ("nchw-s2-full", "cl-s2-plain")]
     rows += [(gemm, "fp16", 64, "nchw-s1-full", 90), (gemm, "fp32", 64, "cl-s1-full", 90),
              (gemm, "fp64", 32, "cl-s1-full", 90)]
+    rows += [(gemm, dt, 64, "cl3-s1-full-flat", 90) for dt in DTYPES]
+    rows += [(gemm, "bf16", 64, "nchw-s2-plain-flat", 90),
+             (gemm, "fp64", 64, "cl3-s2-full-flat", 90), (gemm, "bf16", 64, "cl3-s1-full-flat", 80)]
     rows += [(dw, "fp16", k, "cl-s1-full", 90) for k in (3, 5, 7, 31)]
     rows += [(dw, "bf16", 3, f, 90) for f in ("nchw-s2-full", "cl-s1-plain")]
     rows += [(dw, dt, 3, "cl-s1-full", 90) for dt in ("fp32", "fp64")]
@@ -162,6 +167,8 @@ def _conv_backward_rows():
              (dx, "fp64", 32, "cl-s2", 90)]
     rows += [(dw, dt, 64, "cl-s1", 90) for dt in DTYPES + ("fp64",)]
     rows += [(dw, "bf16", 64, "nchw-s2", 90)]
+    rows += [(dw, dt, 64, "cl3-s1-flat", 90) for dt in DTYPES + ("fp64",)]
+    rows += [(dw, "bf16", 64, "nchw-s2-flat", 90), (dw, "bf16", 64, "cl3-s1-flat", 80)]
     rows += [(dw_dx, dt, 3, "cl-s1", 90) for dt in DTYPES + ("fp64",)]
     rows += [(dw_dx, "bf16", 3, "nchw-s2", 90)]
     rows += [(dw_dw, "fp16", k, "cl-s1", 90) for k in (3, 5, 7, 13, 31)]
@@ -326,10 +333,11 @@ def _conv_constexprs(mod, kernel, dtype, width, layout, variant):
     epilogue = dict(HAS_BIAS=full, HAS_RES=full, ACT=2 if full else 0, SAVE_Z=full)
     prec = {"DOT_PRECISION": mod.dot_precision(dtype)}
     if kernel in ("conv2d_fwd_kernel", "conv2d_bwd_dx_kernel"):
-        bm, bn, bk, warps, stages = mod.fwd_config(width, dtype, vector=layout == "cl")
+        bm, bn, bk, warps, stages = mod.fwd_config(width, dtype, vector=layout == "cl",
+                                                   flat="flat" in variant)
         consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **prec)
         if kernel == "conv2d_fwd_kernel":
-            consts.update(epilogue)
+            consts.update(epilogue, FLAT_K="flat" in variant)
         return consts, {"num_warps": warps, "num_stages": stages}
     if kernel in ("depthwise_conv2d_fwd_kernel", "depthwise_conv2d_bwd_dx_kernel"):
         config = mod.depthwise_config if kernel.endswith("fwd_kernel") else mod.depthwise_dx_config
@@ -350,7 +358,7 @@ def _conv_constexprs(mod, kernel, dtype, width, layout, variant):
                     HAS_DBIAS=variant.endswith("db")), warps
     if kernel == "conv2d_bwd_dw_kernel":
         bo, bc, bm, warps, stages = mod.dw_config(dtype)
-        return dict(BLOCK_O=bo, BLOCK_C=bc, BLOCK_M=bm, **prec), \
+        return dict(BLOCK_O=bo, BLOCK_C=bc, BLOCK_M=bm, FLAT="flat" in variant, **prec), \
             {"num_warps": warps, "num_stages": stages}
     if kernel == "depthwise_conv2d_bwd_dw_kernel":
         bm, bt, bc, warps = mod.depthwise_dw_config(width, width, dtype)
@@ -373,7 +381,7 @@ def _resolve_conv(mod, kernel, dtype, width, flags):
     # are weight strides.
     images = ("x", "o", "r") if kernel == "separable_conv2d_fwd_kernel" else \
         ("x", "o", "r", "g", "s", "d")
-    unit = [f"s{t}{'c' if layout == 'cl' else 'w'}" for t in images]
+    unit = [f"s{t}{'w' if layout == 'nchw' else 'c'}" for t in images]
     unit += list(CONV_WEIGHT_UNIT.get(kernel, ()))
     if geometry == "s1":
         unit += ["SH", "SW", "PT", "PL", "DH", "DW", "MULT"]

@@ -176,6 +176,19 @@ def test_conv2d_activation_epilogue(act, bias, residual):
     check_conv(inputs, geometry, act)
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["tap-loop", "flat-k"])
+def test_reduction_walks(flat, monkeypatch):
+    """Both ways of walking K = (C/groups)*KH*KW (tap by tap in channel chunks, or flat over
+    (tap, channel) for few channels), forced either way, on a non-square kernel: the forward
+    and the dweight GEMM use it."""
+    monkeypatch.setattr(kernels, "use_flat_k", lambda channels, tile: flat)
+    for n, c, o, k, kw in ((2, 3, 5, (2, 3), {"padding": (1, 0, 1, 1)}),
+                           (1, 20, 6, (3, 2), {"groups": 2, "stride": (2, 1),
+                                               "dilation": (1, 2), "padding": (1, 1, 2, 0)})):
+        inputs, geometry = make_conv(n, c, 7, 9, o, k, residual=True, layout="cl", **kw)
+        check_conv(inputs, geometry, "gelu")
+
+
 @pytest.mark.parametrize("depthwise", [False, True])
 def test_layouts_mixed(depthwise):
     """x channels_last with an NCHW residual and a sliced dout, and the reverse: every tensor is
