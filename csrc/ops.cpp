@@ -73,6 +73,14 @@ TORCH_LIBRARY(leedl_fast, m) {
   m.def("conv2d_bwd(Tensor dout, Tensor x, Tensor weight, Tensor out, Tensor z, int[2] stride,"
         " int[4] padding, int[2] dilation, int groups, str activation, bool[4] output_mask)"
         " -> (Tensor dx, Tensor dweight, Tensor dbias, Tensor dresidual)");
+  // Conv -> activation -> pooling in one pass, inference only (no autograd; training runs
+  // conv2d_fwd then torch's pooling): out = pool(activation(conv(x, weight) + bias)), pool
+  // "max" or "avg" over non-overlapping pool_size x pool_size windows (stride = pool_size, no
+  // padding, floor: the book's pooling and torch's MaxPool2d/AvgPool2d(pool_size) defaults),
+  // out (N, O, OH / pool_size, OW / pool_size) in x's memory format. The full-resolution
+  // activation is never written to memory.
+  m.def("conv2d_pool_fwd(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding,"
+        " int[2] dilation, int groups, str activation, str pool, int pool_size) -> Tensor");
   // The depthwise-separable block, inference only (no autograd; training composes two
   // conv2d_fwd calls): mid = dw_activation(depthwise(x, dw_weight) + dw_bias), groups = C,
   // dw_weight (C, 1, KH, KW) -- a BatchNorm after the depthwise conv is folded into dw_weight

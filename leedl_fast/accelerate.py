@@ -29,11 +29,28 @@ def _activation_name(module):
     return _FUSABLE_ACTIVATIONS.get(type(module))
 
 
+def _pool_of(module):
+    """("max" | "avg", k) for a pooling module the conv kernels can fuse: k x k windows, stride
+    k, k in (2, 3), no padding, dilation or ceil mode."""
+    if type(module) is torch.nn.MaxPool2d:
+        kind, ok = "max", module.dilation in (1, (1, 1)) and not module.return_indices
+    elif type(module) is torch.nn.AvgPool2d:
+        kind, ok = "avg", module.divisor_override is None
+    else:
+        return None
+    k, s, p = module.kernel_size, module.stride, module.padding
+    k = k if isinstance(k, int) else (k[0] if k[0] == k[1] else None)
+    s = s if isinstance(s, int) else (s[0] if s[0] == s[1] else None)
+    if not ok or k not in (2, 3) or s != k or p not in (0, (0, 0)) or module.ceil_mode:
+        return None
+    return kind, k
+
+
 def _fold_sequential(seq):
-    """In an eval-mode nn.Sequential, Conv2d -> BatchNorm2d [-> ReLU/GELU/SiLU] becomes one
-    Conv2d with the BN folded into its weight and bias (fold_batchnorm) and the activation in
-    its epilogue; the BN and the activation become Identity (indices, and so state_dict keys of
-    the other children, are kept). Only where every module involved is in eval mode: the fold
+    """In an eval-mode nn.Sequential, Conv2d -> BatchNorm2d [-> ReLU/GELU/SiLU [-> MaxPool2d /
+    AvgPool2d (2 or 3)]] becomes one Conv2d with the BN folded into its weight and bias
+    (fold_batchnorm) and the activation and pooling in its epilogue; the folded modules become
+    Identity (indices, and so state_dict keys of the other children, are kept). Only where every module involved is in eval mode: the fold
     is exact for BN's running statistics, which training would not use."""
     children = list(seq.children())
     for i, conv in enumerate(children[:-1]):
@@ -51,6 +68,10 @@ def _fold_sequential(seq):
         if name is not None:
             conv.activation = name
             seq[i + 2] = torch.nn.Identity()
+            pool = _pool_of(children[i + 3]) if i + 3 < len(children) else None
+            if pool is not None:
+                conv.pool = pool
+                seq[i + 3] = torch.nn.Identity()
 
 
 

@@ -11,8 +11,8 @@ from ._ops.attention import scaled_dot_product_attention
 from ._ops.conv import conv2d, separable_conv2d
 from ._ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 
-__all__ = ["conv2d", "separable_conv2d", "layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm",
-           "scaled_dot_product_attention"]
+__all__ = ["add_layer_norm", "add_rms_norm", "conv2d", "layer_norm", "rms_norm",
+           "scaled_dot_product_attention", "separable_conv2d"]
 
 
 def __getattr__(name):

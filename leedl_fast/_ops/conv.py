@@ -12,6 +12,7 @@ already contiguous in one of the two formats (a sliced or permuted input is copi
 import numbers
 
 import torch
+import torch.nn.functional as torch_F
 
 from .. import _backend
 from ..reference import conv as reference
@@ -65,6 +66,13 @@ def _(dout, x, weight, out, z, stride, padding, dilation, groups, activation, ou
             maybe(output_mask[3], dout, dout))
 
 
+@torch.library.register_fake("leedl_fast::conv2d_pool_fwd")
+def _(x, weight, bias, stride, padding, dilation, groups, activation, pool, pool_size):
+    oh, ow = _out_hw(x.shape, weight.shape, stride, padding, dilation)
+    return _empty(x, (x.shape[0], weight.shape[0], oh // pool_size, ow // pool_size),
+                  memory_format(x))
+
+
 @torch.library.register_fake("leedl_fast::separable_conv2d_fwd")
 def _(x, dw_weight, dw_bias, dw_activation, pw_weight, pw_bias, activation, stride, padding,
       dilation):
@@ -111,7 +119,7 @@ def _triton(name):
     return run
 
 
-for _op in ("conv2d_fwd", "conv2d_bwd", "separable_conv2d_fwd"):
+for _op in ("conv2d_fwd", "conv2d_bwd", "conv2d_pool_fwd", "separable_conv2d_fwd"):
     register_gpu(_op, triton=_triton(_op))
 
 
@@ -229,11 +237,32 @@ def _conv2d_op(x, weight, bias, residual, stride, pad, dilation, groups, activat
     return out
 
 
+POOLS = ("max", "avg")
+
+
+def _check_pool(pool, out_shape):
+    """pool=(kind, size) -> (kind, size), validated against the conv's output."""
+    if isinstance(pool, str) or not isinstance(pool, (tuple, list)) or len(pool) != 2:
+        raise ValueError(f"leedl_fast.conv2d: pool must be a pair (kind, size), e.g. ('max', 2), "
+                         f"got {pool!r}")
+    kind, size = pool
+    if kind not in POOLS or not isinstance(size, int) or size not in (2, 3):
+        raise ValueError(f"leedl_fast.conv2d: pool must be ('max' | 'avg', 2 | 3), got {pool!r}")
+    if min(out_shape[2:]) < size:
+        raise ValueError(f"leedl_fast.conv2d: the conv's output {tuple(out_shape[2:])} is "
+                         f"smaller than the {size} x {size} pooling window")
+    return kind, size
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           activation=None, residual=None):
+           activation=None, residual=None, pool=None):
     """torch.nn.functional.conv2d, plus a fused epilogue: out = activation(conv(input, weight)
     + bias + residual), activation in (None, "relu", "gelu", "silu"), one pass over the output.
-    padding: int, pair, 'same' or 'valid' (zeros; see leedl_fast.nn.Conv2d for other modes)."""
+    pool=("max" | "avg", 2 | 3) then pools non-overlapping windows (stride = size, floor, as
+    nn.MaxPool2d(size) / nn.AvgPool2d(size)); for inference it is fused too (the
+    full-resolution activation never goes to memory), with gradients it runs torch's pooling
+    after the conv. padding: int, pair, 'same' or 'valid' (zeros; see leedl_fast.nn.Conv2d for
+    other modes)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"leedl_fast.conv2d: input must be a Tensor, got {type(input).__name__}")
     unbatched = input.dim() == 3
@@ -241,14 +270,30 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         input = input.unsqueeze(0)
         if residual is not None and residual.dim() == 3:
             residual = residual.unsqueeze(0)
-    stride, pad, dilation, activation, _ = _check_conv_args(
+    stride, pad, dilation, activation, out_shape = _check_conv_args(
         input, weight, bias, residual, stride, padding, dilation, groups, activation)
+    if pool is not None:
+        pool = _check_pool(pool, out_shape)
+        if residual is not None:
+            raise ValueError("leedl_fast.conv2d: pool= and residual= cannot be combined")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, bias))
     if _backend.forced_backend() == "reference":
         out = reference.conv2d(input, weight, bias, stride, pad, dilation, groups, activation,
-                               residual).contiguous(memory_format=memory_format(input))
+                               residual)
+        if pool is not None:
+            out = getattr(reference, f"{pool[0]}_pool2d")(out, pool[1])
+        out = out.contiguous(memory_format=memory_format(input))
+    elif pool is not None and not needs_grad:
+        out = call("conv2d_pool_fwd", _formatted(input), weight.contiguous(),
+                   None if bias is None else bias.contiguous(), list(stride), list(pad),
+                   list(dilation), int(groups), activation, pool[0], pool[1])
     else:
         out = _conv2d_op(input, weight, bias, residual, stride, pad, dilation, groups,
                          activation)
+        if pool is not None:
+            pool_fn = torch_F.max_pool2d if pool[0] == "max" else torch_F.avg_pool2d
+            out = pool_fn(out, pool[1])
     return out.squeeze(0) if unbatched else out
 
 

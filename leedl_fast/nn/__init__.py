@@ -4,4 +4,5 @@ from .conv import Conv2d, DepthwiseSeparableConv2d, fold_batchnorm
 from .normalization import LayerNorm, RMSNorm
 from .rnn import GRU, LSTM, GRUCell, LSTMCell
 
-__all__ = ["Conv2d", "DepthwiseSeparableConv2d", "fold_batchnorm", "GRU", "GRUCell", "LSTM", "LSTMCell", "LayerNorm", "MultiheadAttention", "RMSNorm"]
+__all__ = ["GRU", "LSTM", "Conv2d", "DepthwiseSeparableConv2d", "GRUCell", "LSTMCell", "LayerNorm",
+           "MultiheadAttention", "RMSNorm", "fold_batchnorm"]

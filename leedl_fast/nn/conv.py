@@ -1,10 +1,11 @@
 """Conv2d, DepthwiseSeparableConv2d and BatchNorm folding (BOOK.md §4, §17.4).
 
 `Conv2d` subclasses torch.nn.Conv2d: constructor, parameters, state_dict keys ("weight",
-"bias"), initialization and repr are torch's; forward runs leedl_fast's conv2d. It carries one
-extra attribute, `activation` (None, "relu", "gelu", "silu"; default None), fused into the
-kernel's epilogue -- `accelerate` sets it when it folds a following BatchNorm and activation
-into the conv of an eval-mode model. padding_mode other than 'zeros' pads first, as torch does.
+"bias"), initialization and repr are torch's; forward runs leedl_fast's conv2d. It carries two
+extra attributes fused into the kernel's epilogue: `activation` (None, "relu", "gelu", "silu")
+and `pool` (None or ("max" | "avg", 2 | 3): non-overlapping pooling after the activation) --
+`accelerate` sets them when it folds a following BatchNorm, activation and pooling into the
+conv of an eval-mode model. padding_mode other than 'zeros' pads first, as torch does.
 
 `DepthwiseSeparableConv2d(in, out, kernel_size, ...)` is the book's §17.4 block: a depthwise
 k x k conv (one filter per channel) then a pointwise 1 x 1 conv that mixes channels,
@@ -48,6 +49,7 @@ def fold_batchnorm(conv, bn):
 
 class Conv2d(torch.nn.Conv2d):
     activation = None  # fused epilogue: None, "relu", "gelu" or "silu" (see the top)
+    pool = None  # fused pooling after the activation: None or ("max" | "avg", 2 | 3)
 
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
@@ -57,14 +59,16 @@ class Conv2d(torch.nn.Conv2d):
         else:
             padding = self.padding
         return conv_ops.conv2d(input, weight, bias, self.stride, padding, self.dilation,
-                               self.groups, activation=self.activation)
+                               self.groups, activation=self.activation, pool=self.pool)
 
     def forward(self, input):
         return self._conv_forward(input, self.weight, self.bias)
 
     def extra_repr(self):
         extra = super().extra_repr()
-        return extra if self.activation is None else f"{extra}, activation={self.activation!r}"
+        if self.activation is not None:
+            extra += f", activation={self.activation!r}"
+        return extra if self.pool is None else f"{extra}, pool={self.pool!r}"
 
 
 class DepthwiseSeparableConv2d(torch.nn.Module):
