@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include "memory.h"
 #include "vec_loops.h"
 
 #include <algorithm>
@@ -176,19 +177,34 @@ inline void store_as(const Vec<A>& v, T* p, int64_t count) {
   }
 }
 
+// v to p (count lanes), bypassing the caches when `stream` (fp32 full vectors at 32-byte
+// aligned addresses; anything else is an ordinary store).
+template <typename A, typename T>
+inline void put(const Vec<A>& v, T* p, int64_t count, bool stream) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+    if (stream && count == Vec<A>::size() && reinterpret_cast<uintptr_t>(p) % 32 == 0) {
+      nt_store(p, v);
+      return;
+    }
+  }
+  store_as(v, p, count);
+}
+
 // The fused epilogue over one run of n outputs, while they are in cache:
 //   z = acc + bias_scalar + bias_vec[i] + res[i];  out[i] = act(z);  z_out[i] = z
-// bias_vec, res and z_out may be null. acc may equal out (in place) when T == A.
+// bias_vec, res and z_out may be null. acc may equal out (in place) when T == A. `stream`:
+// out and z_out bypass the caches (outputs larger than the last-level cache; the caller runs
+// stream_fence() before its parallel task ends).
 template <Act kAct, typename T, typename A>
 inline void epilogue(const A* acc, int64_t n, A bias_scalar, const A* bias_vec, const T* res,
-                     T* out, T* z_out) {
+                     T* out, T* z_out, bool stream = false) {
   const Vec<A> vb(bias_scalar);
   for_each_vec<A>(n, [&](int64_t i, auto c) {
     Vec<A> z = load(acc + i, c) + vb;
     if (bias_vec) z = z + load(bias_vec + i, c);
     if (res) z = z + load_as<A>(res + i, c);
-    if (z_out) store_as(z, z_out + i, c);
-    store_as(activate<kAct>(z), out + i, c);
+    if (z_out) put(z, z_out + i, c, stream);
+    put(activate<kAct>(z), out + i, c, stream);
   });
 }
 

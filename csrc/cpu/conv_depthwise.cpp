@@ -144,48 +144,217 @@ DwRowsNchw<A> pick_nchw(const Shape& s) {
 
 // ----------------------------------------------------------------------------------- NHWC
 
-// Output pixels of rows [r0, r1) of one image (x_img: H x W x C) into dst, pixel (oh, ow) at
-// dst + ((oh - r0) * OW + ow) * ld_dst, channel o at + o. w_t: (mult, taps, C) -- the weight of
-// output channel c * mult + j, tap t, at w_t[(j * taps + t) * C + c]. tmp: C scratch values.
+// One output pixel (oh, ow) of one image (x_img: H x W x C) into px[o], any kernel, stride,
+// padding or channel multiplier. w_t: (mult, taps, C) -- the weight of output channel
+// c * mult + j, tap t, at w_t[(j * taps + t) * C + c]. Scratch: xs, ws (taps pointers each) and
+// tmp (C values, only for mult > 1).
 template <typename A>
-void dw_rows_nhwc(const Shape& s, const A* x_img, const A* w_t, int64_t r0, int64_t r1, A* dst,
-                  int64_t ld_dst, int64_t* offsets, int64_t* tap_ids, A* tmp) {
+void dw_pixel_nhwc(const Shape& s, const A* x_img, const A* w_t, int64_t oh, int64_t ow, A* px,
+                   const A** xs, const A** ws, A* tmp) {
+  constexpr int64_t kV = Vec<A>::size();
   const int64_t C = s.C, mult = s.O / s.C, taps = s.taps();
-  for (int64_t oh = r0; oh < r1; ++oh) {
-    for (int64_t ow = 0; ow < s.OW; ++ow) {
-      int64_t n = 0;  // the taps inside the image: x offset and tap index
-      for (int64_t kh = 0; kh < s.KH; ++kh) {
-        const int64_t ih = oh * s.sh - s.pt + kh * s.dh;
-        if (ih < 0 || ih >= s.H) continue;
-        for (int64_t kw = 0; kw < s.KW; ++kw) {
-          const int64_t iw = ow * s.sw - s.pl + kw * s.dw;
-          if (iw < 0 || iw >= s.W) continue;
-          offsets[n] = (ih * s.W + iw) * C;
-          tap_ids[n++] = kh * s.KW + kw;
-        }
+  int64_t n = 0;  // the taps inside the image: their input pixel and their weights
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    const int64_t ih = oh * s.sh - s.pt + kh * s.dh;
+    if (ih < 0 || ih >= s.H) continue;
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t iw = ow * s.sw - s.pl + kw * s.dw;
+      if (iw < 0 || iw >= s.W) continue;
+      xs[n] = x_img + (ih * s.W + iw) * C;
+      ws[n++] = w_t + (kh * s.KW + kw) * C;
+    }
+  }
+  for (int64_t j = 0; j < mult; ++j) {
+    A* target = mult == 1 ? px : tmp;
+    const int64_t wj = j * taps * C;
+    int64_t c = 0;
+    // Four vectors of channels at a time: four independent FMA chains per tap.
+    for (; c + 4 * kV <= C; c += 4 * kV) {
+      Vec<A> a0(A(0)), a1(A(0)), a2(A(0)), a3(A(0));
+      for (int64_t t = 0; t < n; ++t) {
+        const A* xp = xs[t] + c;
+        const A* wp = ws[t] + wj + c;
+        a0 = at::vec::fmadd(Vec<A>::loadu(wp), Vec<A>::loadu(xp), a0);
+        a1 = at::vec::fmadd(Vec<A>::loadu(wp + kV), Vec<A>::loadu(xp + kV), a1);
+        a2 = at::vec::fmadd(Vec<A>::loadu(wp + 2 * kV), Vec<A>::loadu(xp + 2 * kV), a2);
+        a3 = at::vec::fmadd(Vec<A>::loadu(wp + 3 * kV), Vec<A>::loadu(xp + 3 * kV), a3);
       }
-      A* px = dst + ((oh - r0) * s.OW + ow) * ld_dst;
-      for (int64_t j = 0; j < mult; ++j) {
-        A* target = mult == 1 ? px : tmp;
-        const A* wj = w_t + j * taps * C;
-        for_each_vec<A>(C, [&](int64_t c, auto cnt) {
-          Vec<A> acc(A(0));
-          for (int64_t t = 0; t < n; ++t)
-            acc = at::vec::fmadd(load(wj + tap_ids[t] * C + c, cnt),
-                                 load(x_img + offsets[t] + c, cnt), acc);
-          if (cnt == Vec<A>::size()) acc.store(target + c); else acc.store(target + c, cnt);
-        });
-        if (mult > 1)
-          for (int64_t c = 0; c < C; ++c) px[c * mult + j] = tmp[c];
+      a0.store(target + c);
+      a1.store(target + c + kV);
+      a2.store(target + c + 2 * kV);
+      a3.store(target + c + 3 * kV);
+    }
+    for (; c < C; c += kV) {
+      const int64_t cnt = std::min(kV, C - c);
+      Vec<A> acc(A(0));
+      for (int64_t t = 0; t < n; ++t)
+        acc = at::vec::fmadd(load(ws[t] + wj + c, cnt), load(xs[t] + c, cnt), acc);
+      if (cnt == kV) acc.store(target + c); else acc.store(target + c, cnt);
+    }
+    if (mult > 1)
+      for (int64_t cc = 0; cc < C; ++cc) px[cc * mult + j] = tmp[cc];
+  }
+}
+
+// The interior pixels [ow_a, ow_b) of output row oh (every tap inside the image) for a
+// KH_ x KW_ kernel, channel multiplier 1 and C a multiple of the vector width. Four pixels at a
+// time: per vector of channels, the KH_*KW_ weights are loaded into registers once and serve
+// four independent accumulators (one load per multiply-add instead of two). Sweeping all the
+// channels of four pixels before moving on matters: with C = 256 fp32 the pixels lie 1 KB
+// apart, so a sweep along the row at a fixed channel would hit only 4 of the 64 L1 sets and
+// evict itself (measured: 2x slower).
+template <int KH_, int KW_, typename A>
+void dw_interior_nhwc(const Shape& s, const A* x_img, const A* w_pack, int64_t oh, int64_t ow_a,
+                      int64_t ow_b, A* row, int64_t ld) {
+  constexpr int64_t kV = Vec<A>::size();
+  constexpr int kTaps = KH_ * KW_;
+  const int64_t C = s.C;
+  int64_t toff[kTaps];
+  for (int kh = 0; kh < KH_; ++kh)
+    for (int kw = 0; kw < KW_; ++kw) toff[kh * KW_ + kw] = (kh * s.dh * s.W + kw * s.dw) * C;
+  const A* top_left = x_img + ((oh * s.sh - s.pt) * s.W - s.pl) * C;  // tap (0, 0) of ow = 0
+  const int64_t step = s.sw * C;
+  // The input row the next output row adds (its last tap row), fetched ahead into the cache
+  // while this row computes: without it, each new row's 1 KB pixels arrive one miss at a time.
+  const int64_t next_ih = (oh + 1) * s.sh - s.pt + (KH_ - 1) * s.dh;
+  const A* next_row = next_ih < s.H ? x_img + next_ih * s.W * C : nullptr;
+  int64_t ow = ow_a;
+  for (; ow + 4 <= ow_b; ow += 4) {
+    const A* base = top_left + ow * step;
+    A* out = row + ow * ld;
+    if (next_row) {
+      const int64_t iw0 = ow * s.sw - s.pl;
+      const int64_t iw1 = std::min(s.W, iw0 + 4 * s.sw);
+      for (const char* p = reinterpret_cast<const char*>(next_row + std::max<int64_t>(iw0, 0) * C);
+           p < reinterpret_cast<const char*>(next_row + iw1 * C); p += 64)
+        __builtin_prefetch(p, 0, 3);
+    }
+    for (int64_t c = 0; c < C; c += kV) {
+      const A* wc = w_pack + c * kTaps;
+      // Even and odd taps in separate accumulators: eight chains of ~kTaps/2 dependent FMAs
+      // (one chain of kTaps per pixel would leave the FMA units waiting on its latency).
+      Vec<A> a[4] = {Vec<A>(A(0)), Vec<A>(A(0)), Vec<A>(A(0)), Vec<A>(A(0))};
+      Vec<A> b[4] = {Vec<A>(A(0)), Vec<A>(A(0)), Vec<A>(A(0)), Vec<A>(A(0))};
+      for (int t = 0; t < kTaps; ++t) {
+        const Vec<A> w = Vec<A>::loadu(wc + t * kV);
+        const A* p = base + toff[t] + c;
+        Vec<A>* acc = t % 2 ? b : a;
+        for (int i = 0; i < 4; ++i) acc[i] = at::vec::fmadd(w, Vec<A>::loadu(p + i * step), acc[i]);
       }
+      for (int i = 0; i < 4; ++i) (a[i] + b[i]).store(out + i * ld + c);
+    }
+  }
+  for (; ow < ow_b; ++ow) {
+    const A* base = top_left + ow * step;
+    for (int64_t c = 0; c < C; c += kV) {
+      Vec<A> acc(A(0));
+      for (int t = 0; t < kTaps; ++t)
+        acc = at::vec::fmadd(Vec<A>::loadu(w_pack + c * kTaps + t * kV),
+                             Vec<A>::loadu(base + toff[t] + c), acc);
+      acc.store(row + ow * ld + c);
     }
   }
 }
 
-// (O, 1, KH, KW) -> (mult, taps, C): the layout dw_rows_nhwc reads.
-at::Tensor nhwc_weight(const Shape& s, const at::Tensor& w) {
-  return w.reshape({s.C, s.O / s.C, s.taps()}).permute({1, 2, 0}).contiguous();
+// The same for stride 1 and dilation 1 along W: four neighbouring pixels read six input
+// columns per tap row, so each input vector is loaded once and feeds up to KW_ multiply-adds
+// (18 loads for 36 FMAs at 3x3), with the KH_*KW_ weights in registers. Written for the
+// compiler to keep everything in the 16 AVX2 registers: 9 weights, 4 accumulators, 1 input.
+template <int KH_, int KW_, typename A>
+void dw_interior_nhwc_s1(const Shape& s, const A* x_img, const A* w_pack, int64_t oh,
+                         int64_t ow_a, int64_t ow_b, A* row, int64_t ld) {
+  constexpr int64_t kV = Vec<A>::size();
+  constexpr int kTaps = KH_ * KW_, kP = 4, kCols = kP + KW_ - 1;
+  const int64_t C = s.C;
+  const A* tap_rows[KH_];  // input row kh, at column -pl
+  for (int kh = 0; kh < KH_; ++kh)
+    tap_rows[kh] = x_img + ((oh * s.sh - s.pt + kh * s.dh) * s.W - s.pl) * C;
+  // The input row the next output row adds, fetched ahead (one line per pixel per 16 channels)
+  // so that its pixels do not arrive one miss at a time when that row starts.
+  const int64_t next_ih = (oh + 1) * s.sh - s.pt + (KH_ - 1) * s.dh;
+  const A* next_row = next_ih < s.H ? x_img + (next_ih * s.W - s.pl) * C : nullptr;
+  int64_t ow = ow_a;
+  for (; ow + kP <= ow_b; ow += kP) {
+    A* out = row + ow * ld;
+    for (int64_t c = 0; c < C; c += kV) {
+      if (next_row && c % 16 == 0)
+        for (int i = 0; i < kP; ++i) __builtin_prefetch(next_row + (ow + i) * C + c, 0, 3);
+      const A* wc = w_pack + c * kTaps;
+      Vec<A> w[kTaps];
+      for (int t = 0; t < kTaps; ++t) w[t] = Vec<A>::loadu(wc + t * kV);
+      Vec<A> acc[kP];
+      for (int i = 0; i < kP; ++i) acc[i] = Vec<A>(A(0));
+      for (int kh = 0; kh < KH_; ++kh) {
+        const A* q = tap_rows[kh] + ow * C + c;
+        for (int j = 0; j < kCols; ++j) {
+          const Vec<A> xv = Vec<A>::loadu(q + j * C);
+          for (int kw = 0; kw < KW_; ++kw) {
+            const int i = j - kw;
+            if (i >= 0 && i < kP) acc[i] = at::vec::fmadd(w[kh * KW_ + kw], xv, acc[i]);
+          }
+        }
+      }
+      for (int i = 0; i < kP; ++i) acc[i].store(out + i * ld + c);
+    }
+  }
+  for (; ow < ow_b; ++ow)
+    for (int64_t c = 0; c < C; c += kV) {
+      Vec<A> acc(A(0));
+      for (int kh = 0; kh < KH_; ++kh)
+        for (int kw = 0; kw < KW_; ++kw)
+          acc = at::vec::fmadd(Vec<A>::loadu(w_pack + c * kTaps + (kh * KW_ + kw) * kV),
+                               Vec<A>::loadu(tap_rows[kh] + (ow + kw) * C + c), acc);
+      acc.store(row + ow * ld + c);
+    }
 }
+
+// Output rows [r0, r1) of one image into dst, pixel (oh, ow) at
+// dst + ((oh - r0) * OW + ow) * ld_dst: the 3x3 interior fast, everything else per pixel.
+template <typename A>
+void dw_rows_nhwc(const Shape& s, const A* x_img, const A* w_t, const A* w_pack, int64_t r0,
+                  int64_t r1, A* dst, int64_t ld_dst, const A** xs, const A** ws, A* tmp) {
+  const bool fast = w_pack != nullptr && s.KH == 3 && s.KW == 3;
+  const int64_t a = s.first_full_col(), e = std::max(a, s.last_full_col());
+  for (int64_t oh = r0; oh < r1; ++oh) {
+    A* row = dst + (oh - r0) * s.OW * ld_dst;
+    const int64_t ih = oh * s.sh - s.pt;
+    if (fast && ih >= 0 && ih + (s.KH - 1) * s.dh < s.H && e > a) {
+      if (s.sw == 1 && s.dw == 1)
+        dw_interior_nhwc_s1<3, 3>(s, x_img, w_pack, oh, a, e, row, ld_dst);
+      else
+        dw_interior_nhwc<3, 3>(s, x_img, w_pack, oh, a, e, row, ld_dst);
+      for (int64_t ow = 0; ow < a; ++ow)
+        dw_pixel_nhwc(s, x_img, w_t, oh, ow, row + ow * ld_dst, xs, ws, tmp);
+      for (int64_t ow = e; ow < s.OW; ++ow)
+        dw_pixel_nhwc(s, x_img, w_t, oh, ow, row + ow * ld_dst, xs, ws, tmp);
+    } else {
+      for (int64_t ow = 0; ow < s.OW; ++ow)
+        dw_pixel_nhwc(s, x_img, w_t, oh, ow, row + ow * ld_dst, xs, ws, tmp);
+    }
+  }
+}
+
+// The depthwise weights as the NHWC kernels read them, from (O, taps) in the accumulation type:
+// `generic` (mult, taps, C) for dw_pixel_nhwc; `packed` (C / kV, taps, kV) -- the taps of one
+// vector of channels side by side -- for dw_interior_nhwc (only for multiplier 1 and C a
+// multiple of kV; undefined otherwise). Packed, one vector's 9 weights fill 5 cache lines; laid
+// out (taps, C) with C = 256 they would sit 1 KB apart, in the same few L1 sets as the input
+// pixels the kernel reads (also 1 KB apart), and evict them.
+struct NhwcWeights {
+  at::Tensor generic, packed;
+
+  NhwcWeights(const Shape& s, const void* w, at::ScalarType type, int64_t kV) {
+    const at::Tensor wt = at::from_blob(const_cast<void*>(w), {s.O, s.taps()},
+                                        at::TensorOptions().dtype(type));
+    generic = wt.reshape({s.C, s.O / s.C, s.taps()}).permute({1, 2, 0}).contiguous();
+    if (s.O == s.C && s.C % kV == 0)
+      packed = wt.reshape({s.C / kV, kV, s.taps()}).permute({0, 2, 1}).contiguous();
+  }
+  template <typename A>
+  const A* generic_ptr() const { return generic.const_data_ptr<A>(); }
+  template <typename A>
+  const A* packed_ptr() const { return packed.defined() ? packed.const_data_ptr<A>() : nullptr; }
+};
 
 // Rows of output per task: about `target` outputs per channel, and enough tasks for the team.
 int64_t rows_per_task(const Shape& s, int64_t target, int64_t other_tasks) {
@@ -202,6 +371,10 @@ void depthwise_fwd_impl(const Shape& s, const acc_t<T>* x, const acc_t<T>* w, co
                         const T* res, Act act, T* out, T* z) {
   using A = acc_t<T>;
   const int64_t mult = s.O / s.C, OHW = s.OHW();
+  // Outputs past the last-level cache go straight to memory (memory.h).
+  const int64_t out_bytes = s.N * s.O * OHW * int64_t(sizeof(T));
+  const bool stream = use_streaming_stores(s.N * s.C * s.HW() * int64_t(sizeof(A)) +
+                                           out_bytes * (1 + (z != nullptr) + (res != nullptr)));
   if (!s.channels_last) {
     // Tasks: (image, channel, block of output rows); a channel's staged rows serve its mult
     // output channels.
@@ -222,36 +395,37 @@ void depthwise_fwd_impl(const Shape& s, const acc_t<T>* x, const acc_t<T>* w, co
           with_act(act, [&](auto a) {
             epilogue<decltype(a)::value>(acc.data(), (r1 - r0) * s.OW, b ? b[o] : A(0),
                                          (const A*)nullptr, res ? res + off : nullptr, out + off,
-                                         z ? z + off : nullptr);
+                                         z ? z + off : nullptr, stream);
           });
         }
       }
+      if (stream) stream_fence();
     });
     return;
   }
   // NHWC: tasks are (image, block of output rows); all channels of a pixel at once.
-  const at::Tensor w_t = nhwc_weight(s, at::from_blob(const_cast<A*>(w), {s.O, s.taps()},
-                                                      at::TensorOptions().dtype(
-                                                          c10::CppTypeToScalarType<A>::value)));
-  const A* wt = w_t.const_data_ptr<A>();
-  const int64_t rows = rows_per_task(s, 1 << 12, s.N);
+  const NhwcWeights nw(s, w, c10::CppTypeToScalarType<A>::value, Vec<A>::size());
+  const A *wt = nw.generic_ptr<A>(), *wp = nw.packed_ptr<A>();
+  const int64_t rows = rows_per_task(s, std::max<int64_t>(s.OW, (1 << 14) / s.O), s.N);
   const int64_t blocks = (s.OH + rows - 1) / rows;
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> acc(rows * s.OW * s.O), tmp(s.C);
-    std::vector<int64_t> offsets(s.taps()), tap_ids(s.taps());
+    std::vector<const A*> xs(s.taps()), ws(s.taps());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % blocks, n = task / blocks;
       const int64_t r0 = blk * rows, r1 = std::min(s.OH, r0 + rows);
-      dw_rows_nhwc(s, x + n * s.C * s.HW(), wt, r0, r1, acc.data(), s.O, offsets.data(),
-                   tap_ids.data(), tmp.data());
+      dw_rows_nhwc(s, x + n * s.C * s.HW(), wt, wp, r0, r1, acc.data(), s.O, xs.data(), ws.data(),
+                   tmp.data());
       const int64_t off = (n * OHW + r0 * s.OW) * s.O;
       with_act(act, [&](auto a) {
         for (int64_t p = 0; p < (r1 - r0) * s.OW; ++p)
           epilogue<decltype(a)::value>(acc.data() + p * s.O, s.O, A(0), b,
                                        res ? res + off + p * s.O : nullptr,
-                                       out + off + p * s.O, z ? z + off + p * s.O : nullptr);
+                                       out + off + p * s.O, z ? z + off + p * s.O : nullptr,
+                                       stream);
       });
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -319,18 +493,16 @@ void separable_impl(const Shape& s, const acc_t<T>* x, const acc_t<T>* dw, const
     });
     return;
   }
-  const at::Tensor w_t = nhwc_weight(s, at::from_blob(const_cast<A*>(dw), {C, s.taps()},
-                                                      at::TensorOptions().dtype(
-                                                          c10::CppTypeToScalarType<A>::value)));
-  const A* wt = w_t.const_data_ptr<A>();
+  const NhwcWeights nw(s, dw, c10::CppTypeToScalarType<A>::value, Vec<A>::size());
+  const A *wt = nw.generic_ptr<A>(), *wp = nw.packed_ptr<A>();
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> mid(tile * C), acc(tile * O);
-    std::vector<int64_t> offsets(s.taps()), tap_ids(s.taps());
+    std::vector<const A*> xs(s.taps()), ws(s.taps());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % blocks, n = task / blocks;
       const int64_t r0 = blk * rows, r1 = std::min(s.OH, r0 + rows), m = (r1 - r0) * s.OW;
-      dw_rows_nhwc(s, x + n * C * s.HW(), wt, r0, r1, mid.data(), C, offsets.data(),
-                   tap_ids.data(), static_cast<A*>(nullptr));
+      dw_rows_nhwc(s, x + n * C * s.HW(), wt, wp, r0, r1, mid.data(), C, xs.data(), ws.data(),
+                   static_cast<A*>(nullptr));
       with_act(dw_act, [&](auto a) {
         for (int64_t p = 0; p < m; ++p)
           epilogue<decltype(a)::value, A, A>(mid.data() + p * C, C, A(0), dw_b, nullptr,
