@@ -199,11 +199,34 @@ def test_accelerate_folds_conv_bn_act_in_eval_only():
     want = make().eval()(x)
     model = leedl_fast.accelerate(make().eval())
     assert type(model[0]) is leedl_fast.nn.Conv2d and model[0].activation == "relu"
-    assert model[3].activation == "gelu"
-    assert all(type(model[i]) is torch.nn.Identity for i in (1, 2, 4, 5))
+    assert model[3].activation == "gelu" and model[3].pool == ("max", 2)
+    assert all(type(model[i]) is torch.nn.Identity for i in (1, 2, 4, 5, 6))
     torch.testing.assert_close(model(x), want)
     trained = leedl_fast.accelerate(make().train())
     assert type(trained[1]) is torch.nn.BatchNorm2d and trained[0].activation is None
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("pool", [("max", 2), ("avg", 2), ("max", 3), ("avg", 3)])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_conv_pool_inference_and_training(backend, pool, groups):
+    """pool= fused for inference (conv2d_pool_fwd), conv then torch's pooling with gradients;
+    both against the float64 reference; odd conv outputs (7 x 9 -> floor)."""
+    x, w, b = _inputs((2, 4, 7, 9), (8, 4 // groups, 3, 3), 8)
+    want = reference.conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), groups, "relu")
+    want = getattr(reference, f"{pool[0]}_pool2d")(want, pool[1])
+    xf, wf, bf = x.float(), w.float(), b.float()
+    with leedl_fast.backend(backend):
+        with torch.no_grad():
+            fused = F.conv2d(xf, wf, bf, padding=1, groups=groups, activation="relu", pool=pool)
+        xg = xf.clone().requires_grad_()
+        trained = F.conv2d(xg, wf, bf, padding=1, groups=groups, activation="relu", pool=pool)
+        trained.sum().backward()
+    torch.testing.assert_close(fused.double(), want, **FP32_TOL)
+    torch.testing.assert_close(trained.double(), want, **FP32_TOL)
+    assert xg.grad is not None
+    with pytest.raises(ValueError, match="pool must be"):
+        F.conv2d(xf, wf, bf, padding=1, groups=groups, pool=("max", 4))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
@@ -218,6 +241,8 @@ def test_opcheck(activation):
                           (torch.randn_like(out), x, w, out, z, [2, 2], [1, 1, 1, 1], [1, 1], 1,
                            activation, [True, True, True, True]))
     xcl = x.to(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.leedl_fast.conv2d_pool_fwd.default,
+                          (xcl, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, activation, "max", 2))
     torch.library.opcheck(torch.ops.leedl_fast.separable_conv2d_fwd.default,
                           (xcl, torch.randn(3, 1, 3, 3), torch.randn(3), "relu",
                            torch.randn(5, 3, 1, 1), None, activation, [1, 1], [1, 1, 1, 1],
