@@ -242,6 +242,60 @@ void im2col_nhwc(const Shape& s, const A* x_img, int64_t g, int64_t m0, int64_t 
 // Output positions per GEMM task: the col tile near 256 KB, and enough tasks for the team.
 int64_t position_block(const Shape& s, int64_t elem_bytes);
 
+// ----------------------------------------------------------------- depthwise staging (NCHW)
+
+// The depthwise NCHW kernels (conv_depthwise*.cpp) work on one channel plane at a time through
+// a thread-local copy of its rows, zero padding added and, for a stride s > 1, the columns
+// split into s phases (column j goes to phase j % s at j / s): then every tap (kh, kw) of an
+// output row is one contiguous run -- a vector load with no bounds checks or gathers.
+// The staging buffer of one channel: padded input rows, each split into sw column phases of
+// `phase_len` elements (with a vector of zero slack, so full-vector loads never leave it).
+struct Staging {
+  int64_t sw, phase_len, row_len;  // row_len = sw * phase_len
+
+  explicit Staging(const Shape& s) : sw(s.sw) {
+    const int64_t padded_w = s.W + s.pl + s.pr;
+    phase_len = (padded_w + sw - 1) / sw + 16;  // 16 >= any Vectorized<float/double>::size()
+    row_len = sw * phase_len;
+  }
+  int64_t first_row(const Shape& s, int64_t r0) const { return r0 * s.sh; }  // padded coords
+  int64_t rows(const Shape& s, int64_t r0, int64_t r1) const {
+    return (r1 - 1) * s.sh + (s.KH - 1) * s.dh + 1 - r0 * s.sh;
+  }
+  // Offset of tap (kh, kw) of output (oh, 0) within the buffer whose first padded row is prow0.
+  int64_t tap(const Shape& s, int64_t prow0, int64_t oh, int64_t kh, int64_t kw) const {
+    const int64_t off = kw * s.dw;
+    return (oh * s.sh + kh * s.dh - prow0) * row_len + (off % sw) * phase_len + off / sw;
+  }
+};
+
+// Copies padded rows [prow0, prow0 + nrows) of one channel plane (H x W, contiguous) into buf.
+// The slack past each phase's data is never written, so it stays as zero-initialized.
+template <typename A>
+inline void stage_rows(const Shape& s, const Staging& st, const A* plane, int64_t prow0,
+                       int64_t nrows, A* buf) {
+  for (int64_t r = 0; r < nrows; ++r) {
+    const int64_t ih = prow0 + r - s.pt;
+    A* dst = buf + r * st.row_len;
+    if (ih < 0 || ih >= s.H) {
+      std::fill(dst, dst + st.row_len, A(0));
+      continue;
+    }
+    const A* src = plane + ih * s.W;
+    if (st.sw == 1) {
+      std::fill(dst, dst + s.pl, A(0));
+      std::copy(src, src + s.W, dst + s.pl);
+      std::fill(dst + s.pl + s.W, dst + s.pl + s.W + s.pr, A(0));
+    } else {
+      const int64_t padded_w = s.W + s.pl + s.pr;
+      for (int64_t j = 0; j < padded_w; ++j) {
+        const int64_t col = j - s.pl;
+        dst[(j % st.sw) * st.phase_len + j / st.sw] = (col >= 0 && col < s.W) ? src[col] : A(0);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ kernels across files
 
 // The depthwise forward (s.depthwise()): out = act(conv + bias + res), z stored when defined.
@@ -251,6 +305,12 @@ int64_t position_block(const Shape& s, int64_t elem_bytes);
 void depthwise_fwd(const Shape& s, const at::Tensor& x, const at::Tensor& w,
                    const at::Tensor& bias, const at::Tensor& res, Act act, at::Tensor& out,
                    at::Tensor& z);
+
+// The depthwise backward (s.depthwise()): dx (when defined; written whole) and dweight (when
+// defined; (O, 1, KH, KW), written whole) from x, w and dz, all in the accumulation dtype, x,
+// dz and dx contiguous in s's layout. conv_depthwise_bwd.cpp.
+void depthwise_bwd(const Shape& s, const at::Tensor& x, const at::Tensor& w,
+                   const at::Tensor& dz, at::Tensor dx, at::Tensor dweight);
 
 }  // namespace conv
 }  // namespace leedl_fast

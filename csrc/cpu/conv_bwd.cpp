@@ -245,6 +245,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(
   if (output_mask[2]) dbias = dz.sum({0, 2, 3}).to(weight.scalar_type());
   if (!output_mask[0] && !output_mask[1]) return {dx, dweight, dbias, dres};
   const at::Tensor xa = formatted(x, acc, fmt), wa = weight.to(acc).contiguous();
+  if (s.depthwise()) {  // direct kernels, conv_depthwise_bwd.cpp
+    at::Tensor dxa = output_mask[0] ? empty_image(x.sizes(), opts, fmt) : at::Tensor();
+    at::Tensor dwa = output_mask[1] ? at::empty(weight.sizes(), opts) : at::Tensor();
+    depthwise_bwd(s, xa, wa, dz, dxa, dwa);
+    if (output_mask[0]) dx = dxa.to(T);
+    if (output_mask[1]) dweight = dwa.to(weight.scalar_type());
+    return {dx, dweight, dbias, dres};
+  }
   AT_DISPATCH_FLOATING_TYPES(acc, op, [&] {
     using A = scalar_t;
     if (output_mask[0]) {

@@ -37,54 +37,6 @@ namespace {
 
 // ----------------------------------------------------------------------------------- NCHW
 
-// The staging buffer of one channel: padded input rows, each split into sw column phases of
-// `phase_len` elements (with a vector of zero slack, so full-vector loads never leave it).
-struct Staging {
-  int64_t sw, phase_len, row_len;  // row_len = sw * phase_len
-
-  explicit Staging(const Shape& s) : sw(s.sw) {
-    const int64_t padded_w = s.W + s.pl + s.pr;
-    phase_len = (padded_w + sw - 1) / sw + 16;  // 16 >= any Vectorized<float/double>::size()
-    row_len = sw * phase_len;
-  }
-  int64_t first_row(const Shape& s, int64_t r0) const { return r0 * s.sh; }  // padded coords
-  int64_t rows(const Shape& s, int64_t r0, int64_t r1) const {
-    return (r1 - 1) * s.sh + (s.KH - 1) * s.dh + 1 - r0 * s.sh;
-  }
-  // Offset of tap (kh, kw) of output (oh, 0) within the buffer whose first padded row is prow0.
-  int64_t tap(const Shape& s, int64_t prow0, int64_t oh, int64_t kh, int64_t kw) const {
-    const int64_t off = kw * s.dw;
-    return (oh * s.sh + kh * s.dh - prow0) * row_len + (off % sw) * phase_len + off / sw;
-  }
-};
-
-// Copies padded rows [prow0, prow0 + nrows) of one channel plane (H x W, contiguous) into buf.
-// The slack past each phase's data is never written, so it stays as zero-initialized.
-template <typename A>
-void stage_rows(const Shape& s, const Staging& st, const A* plane, int64_t prow0, int64_t nrows,
-                A* buf) {
-  for (int64_t r = 0; r < nrows; ++r) {
-    const int64_t ih = prow0 + r - s.pt;
-    A* dst = buf + r * st.row_len;
-    if (ih < 0 || ih >= s.H) {
-      std::fill(dst, dst + st.row_len, A(0));
-      continue;
-    }
-    const A* src = plane + ih * s.W;
-    if (st.sw == 1) {
-      std::fill(dst, dst + s.pl, A(0));
-      std::copy(src, src + s.W, dst + s.pl);
-      std::fill(dst + s.pl + s.W, dst + s.pl + s.W + s.pr, A(0));
-    } else {
-      const int64_t padded_w = s.W + s.pl + s.pr;
-      for (int64_t j = 0; j < padded_w; ++j) {
-        const int64_t col = j - s.pl;
-        dst[(j % st.sw) * st.phase_len + j / st.sw] = (col >= 0 && col < s.W) ? src[col] : A(0);
-      }
-    }
-  }
-}
-
 // dst[(oh - r0) * OW + ow] = sum over taps of w[kh, kw] * x_pad[oh*sh + kh*dh, ow*sw + kw*dw]
 // for output rows [r0, r1) of one channel, from the staged rows. KH_/KW_: compile-time kernel
 // size (the taps unroll and the weights stay in registers), 0 for any.
