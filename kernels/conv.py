@@ -31,6 +31,14 @@ kernels/conv_backward.py). Three kernels, one launcher per op of csrc/ops.cpp:
 The conv epilogue (both conv2d kernels): z = acc + bias[o] + residual; out = act(z) stored in x's
 dtype; z is stored too where the backward needs it (gelu, silu).
 
+The pooling epilogue (both conv2d kernels, POOL = 1 max / 2 avg over non-overlapping POOL_K x
+POOL_K windows, floor mode; the conv2d_pool_fwd op, inference): the M index then enumerates
+(n, pooled row, pooled col, window tap) with the tap fastest, so an M tile holds BLOCK_M // WIN
+whole windows, WIN = POOL_K**2 rounded up to a power of two (4 for 2x2; 16 for 3x3, whose 7 pad
+rows are masked: never loaded, -inf / 0 in the reduction). The tile's y = act(acc + bias) is
+reshaped to (windows, WIN, channels) and reduced over the taps in registers; only the pooled
+tile is stored, and conv positions outside the floor-mode windows are never computed.
+
 Pointer arguments (every image-shaped tensor is read or written through its 4 strides, so NCHW and
 channels_last alike; channels_last is the fast layout: contiguous channel runs):
     X (N, C, H, W)   RES, OUT, Z (N, O, OH, OW)   BIAS (O,)
@@ -45,6 +53,7 @@ import triton
 import triton.language as tl
 
 ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2, "silu": 3}  # the kernels' ACT codes
+POOLS = {"max": 1, "avg": 2}  # the kernels' POOL codes (0: no pooling)
 SAVES_Z = ("gelu", "silu")  # their derivative needs the pre-activation z
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 
@@ -55,6 +64,13 @@ _SQRT1_2 = tl.constexpr(0.7071067811865476)
 def _acc_type(dtype):
     """The accumulation dtype for a tensor's element dtype: fp64 for fp64, fp32 otherwise."""
     return tl.float64 if dtype == tl.float64 else tl.float32
+
+
+@triton.constexpr_function
+def pool_window(pool_k):
+    """M rows one pooling window takes in a tile: pool_k**2 rounded up to a power of two (1
+    without pooling, 4 for 2x2, 16 for 3x3)."""
+    return triton.next_power_of_2(pool_k * pool_k)
 
 
 @triton.jit
@@ -76,6 +92,30 @@ def _positions(offs, OH, OW):
     ow = offs % OW
     t = offs // OW
     return t // OH, t % OH, ow
+
+
+@triton.jit
+def _tile_positions(pid_m, N, OH, OW, POOL_K: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(n, oh, ow, m_ok) of the BLOCK_M conv positions of M tile pid_m. POOL_K 1: positions
+    pid_m * BLOCK_M + i of the flattened (n, oh, ow). Pooling: row i is tap t = i % WIN, t = dy *
+    POOL_K + dx, of window p = pid_m * (BLOCK_M // WIN) + i // WIN of the floor-mode pooled output
+    (N, OH // POOL_K, OW // POOL_K); pad taps t >= POOL_K**2 (3x3 windows in 16 rows) are masked."""
+    if POOL_K == 1:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < N * OH * OW
+        n, oh, ow = _positions(offs_m, OH, OW)
+    else:
+        WIN: tl.constexpr = pool_window(POOL_K)
+        rows = tl.arange(0, BLOCK_M)
+        p = pid_m * (BLOCK_M // WIN) + rows // WIN
+        tap = rows % WIN
+        PH = OH // POOL_K
+        PW = OW // POOL_K
+        m_ok = (p < N * PH * PW) & (tap < POOL_K * POOL_K)
+        n, ph, pw = _positions(p, PH, PW)
+        oh = ph * POOL_K + tap // POOL_K
+        ow = pw * POOL_K + tap % POOL_K
+    return n, oh, ow, m_ok
 
 
 @triton.jit
@@ -111,6 +151,34 @@ def _epilogue(acc, n, oh, ow, o, m_ok, o_ok, BIAS, RES, OUT, Z, srn, src, srh, s
         tl.store(Z + offs, z.to(Z.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _pool_epilogue(acc, m_ok, o, o_ok, pid_m, N, OH, OW, BIAS, OUT, son, soc, soh, sow,
+                   HAS_BIAS: tl.constexpr, ACT: tl.constexpr, POOL: tl.constexpr,
+                   POOL_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y = act(acc + bias[o]) for a tile laid out by _tile_positions (whole windows, tap
+    fastest), reduced over each window's taps (POOL 1: max; 2: mean of the POOL_K**2 taps) and
+    stored at the pooled positions: the full-resolution y never leaves registers."""
+    WIN: tl.constexpr = pool_window(POOL_K)
+    BLOCK_P: tl.constexpr = BLOCK_M // WIN
+    z = acc
+    if HAS_BIAS:
+        z += tl.load(BIAS + o, mask=o_ok, other=0.0).to(acc.dtype)[None, :]
+    y = _activate(z, ACT)
+    if POOL == 1:
+        y = tl.where(m_ok[:, None], y, float("-inf"))
+        pooled = tl.max(tl.reshape(y, (BLOCK_P, WIN, BLOCK_N)), axis=1)
+    else:
+        y = tl.where(m_ok[:, None], y, 0.0)
+        pooled = tl.sum(tl.reshape(y, (BLOCK_P, WIN, BLOCK_N)), axis=1) / (POOL_K * POOL_K)
+    p = pid_m * BLOCK_P + tl.arange(0, BLOCK_P)
+    PH = OH // POOL_K
+    PW = OW // POOL_K
+    n, ph, pw = _positions(p, PH, PW)
+    mask = (p < N * PH * PW)[:, None] & o_ok[None, :]
+    tl.store(OUT + _image_offsets(n, ph, pw, o, son, soc, soh, sow),
+             pooled.to(OUT.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- the kernels
 
 @triton.jit
@@ -120,17 +188,18 @@ def conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, C_G, OH, OW, O_G, KH
                       HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
                       SAVE_Z: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, FLAT_K: tl.constexpr,
-                      DOT_PRECISION: tl.constexpr):
+                      DOT_PRECISION: tl.constexpr, POOL: tl.constexpr, POOL_K: tl.constexpr):
     """One BLOCK_M x BLOCK_N tile of group g's output: out[m, o] = act(sum_k A[m, k] W[k, o] +
     ...), k walked as (tap, channel chunk), or flat (FLAT_K: k = tap * C_G + c decoded per column,
     for few channels per group, e.g. the first layer's 3, which would pad every tap to a K tile).
-    Grid: (cdiv(M, BLOCK_M), cdiv(O_G, BLOCK_N), groups)."""
+    POOL 1/2 (POOL_K 2/3; else 0 and 1): the tile is BLOCK_M // WIN whole pooling windows and
+    the pooled tile is stored (_pool_epilogue; no residual, no z).
+    Grid: (cdiv(M, BLOCK_M), cdiv(O_G, BLOCK_N), groups), M = N*OH*OW or, pooled, N*PH*PW*WIN."""
+    tl.static_assert((POOL == 0) == (POOL_K == 1))
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < N * OH * OW
-    n, oh, ow = _positions(offs_m, OH, OW)
+    n, oh, ow, m_ok = _tile_positions(pid_m, N, OH, OW, POOL_K, BLOCK_M)
     o_in_group = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o_ok = o_in_group < O_G
     o = g * O_G + o_in_group
@@ -168,8 +237,12 @@ def conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, C_G, OH, OW, O_G, KH
             b = tl.load(W + (c * swc + kh * swh + kw * sww)[:, None] + (o * swo)[None, :],
                         mask=c_ok[:, None] & o_ok[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc.dtype)
-    _epilogue(acc, n, oh, ow, o, m_ok, o_ok, BIAS, RES, OUT, Z, srn, src, srh, srw,
-              son, soc, soh, sow, HAS_BIAS, HAS_RES, ACT, SAVE_Z)
+    if POOL == 0:
+        _epilogue(acc, n, oh, ow, o, m_ok, o_ok, BIAS, RES, OUT, Z, srn, src, srh, srw,
+                  son, soc, soh, sow, HAS_BIAS, HAS_RES, ACT, SAVE_Z)
+    else:
+        _pool_epilogue(acc, m_ok, o, o_ok, pid_m, N, OH, OW, BIAS, OUT, son, soc, soh, sow,
+                       HAS_BIAS, ACT, POOL, POOL_K, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -178,12 +251,14 @@ def depthwise_conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, OH, OW, O,
                                 son, soc, soh, sow, SH, SW, PT, PL, DH, DW,
                                 KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
                                 HAS_RES: tl.constexpr, ACT: tl.constexpr, SAVE_Z: tl.constexpr,
-                                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                                POOL: tl.constexpr, POOL_K: tl.constexpr):
     """Depthwise conv (groups = C), direct: BLOCK_M positions x BLOCK_C output channels; output
-    channel o reads input channel o // MULT. Grid: (cdiv(M, BLOCK_M), cdiv(O, BLOCK_C))."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < N * OH * OW
-    n, oh, ow = _positions(offs_m, OH, OW)
+    channel o reads input channel o // MULT. POOL as in conv2d_fwd_kernel.
+    Grid: (cdiv(M, BLOCK_M), cdiv(O, BLOCK_C))."""
+    tl.static_assert((POOL == 0) == (POOL_K == 1))
+    pid_m = tl.program_id(0)
+    n, oh, ow, m_ok = _tile_positions(pid_m, N, OH, OW, POOL_K, BLOCK_M)
     o = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     o_ok = o < O
     x_chan = X + (n.to(tl.int64) * sxn)[:, None] + ((o // MULT) * sxc)[None, :]
@@ -198,8 +273,12 @@ def depthwise_conv2d_fwd_kernel(X, W, BIAS, RES, OUT, Z, N, H, WIDTH, OH, OW, O,
             x = tl.load(x_chan + (ih * sxh + iw * sxw)[:, None],
                         mask=ok[:, None] & o_ok[None, :], other=0.0)
             acc += x.to(acc.dtype) * w.to(acc.dtype)[None, :]
-    _epilogue(acc, n, oh, ow, o, m_ok, o_ok, BIAS, RES, OUT, Z, srn, src, srh, srw,
-              son, soc, soh, sow, HAS_BIAS, HAS_RES, ACT, SAVE_Z)
+    if POOL == 0:
+        _epilogue(acc, n, oh, ow, o, m_ok, o_ok, BIAS, RES, OUT, Z, srn, src, srh, srw,
+                  son, soc, soh, sow, HAS_BIAS, HAS_RES, ACT, SAVE_Z)
+    else:
+        _pool_epilogue(acc, m_ok, o, o_ok, pid_m, N, OH, OW, BIAS, OUT, son, soc, soh, sow,
+                       HAS_BIAS, ACT, POOL, POOL_K, BLOCK_M, BLOCK_C)
 
 
 @triton.jit
@@ -299,7 +378,10 @@ def fwd_config(out_per_group, dtype, is_cuda=True, vector=True, flat=False):
     GEMM, with C/groups for out_per_group). Sized with tests/test_compile_checks.py so that ptxas
     reports no spills on sm_90 and sm_80: without vector loads (NCHW, odd channel counts) every
     element of the A tile has its own address, so the M tile is halved; the flat reduction
-    decodes 2-D coordinates per element, so it takes 8 warps."""
+    decodes 2-D coordinates per element, so it takes 8 warps. conv2d_pool_fwd uses the same
+    tiles (every BLOCK_M holds whole windows: 4 or 16 rows); its epilogue has no residual and
+    no z, so it takes fewer registers, and the window reduction reuses the pipeline's shared
+    memory (compile-check rows *-max2 / *-avg3)."""
     block_k = k_tile(dtype, is_cuda)
     if not is_cuda:
         return 64, 16, block_k, 4, 1  # the interpreter: few programs (each runs as Python)
@@ -339,46 +421,81 @@ def weight_tiles(weight):
     return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
 
 
-def conv2d_fwd(x, weight, bias, residual, stride, padding, dilation, groups, activation):
-    """The conv2d_fwd op: (out, z), out = act(conv(x, weight) + bias + residual) in x's dtype and
-    memory format; z saved only for gelu/silu (else a (0,) tensor). padding (top, bottom, left,
-    right). Depthwise (groups == C) runs the direct kernel, everything else the implicit GEMM."""
+def _conv_out_hw(x, weight, stride, padding, dilation):
+    top, bottom, left, right = padding
+    return (out_size(x.shape[2], weight.shape[2], stride[0], top, bottom, dilation[0]),
+            out_size(x.shape[3], weight.shape[3], stride[1], left, right, dilation[1]))
+
+
+def _launch_fwd(x, weight, bias, residual, out, z, conv_hw, stride, padding, dilation, groups,
+                activation, pool=None, pool_size=1):
+    """Run the forward kernel that fits (depthwise for groups == C, else the implicit GEMM) into
+    out (and z); with pool the M tiles are whole pool_size x pool_size windows of the
+    (oh, ow) = conv_hw conv output and out is the pooled (N, O, oh // k, ow // k)."""
     n, c, h, w = x.shape
     o, c_g, kh, kw = weight.shape
-    top, bottom, left, right = padding
-    oh = out_size(h, kh, stride[0], top, bottom, dilation[0])
-    ow = out_size(w, kw, stride[1], left, right, dilation[1])
-    out = empty_like_format(x, (n, o, oh, ow))
-    save_z = activation in SAVES_Z
-    z = empty_like_format(x, out.shape) if save_z else x.new_empty(0)
-    if out.numel() == 0:
-        return out, z
+    oh, ow = conv_hw
+    top, _, left, _ = padding
+    save_z = z.numel() > 0
+    # M rows: conv positions, or pooled positions x the window's rows (a power of two >= k*k).
+    m_rows = n * oh * ow if pool is None else n * (oh // pool_size) * (ow // pool_size)
+    win = pool_window(pool_size)
     common = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-                  ACT=ACTIVATIONS[activation], SAVE_Z=save_z)
+                  ACT=ACTIVATIONS[activation], SAVE_Z=save_z, POOL=POOLS.get(pool, 0),
+                  POOL_K=pool_size)
     tensors = (bias if bias is not None else out, residual if residual is not None else out,
                out, z if save_z else out)
     geometry = (stride[0], stride[1], top, left, dilation[0], dilation[1])
+    w_t = weight_tiles(weight)
     if groups == c:
         block_m, block_c, warps = depthwise_config(x.dtype, x.is_cuda)
-        w_t = weight_tiles(weight)
         sw = w_t.stride()
-        grid = (triton.cdiv(n * oh * ow, block_m), triton.cdiv(o, block_c))
+        grid = (triton.cdiv(m_rows, block_m // win), triton.cdiv(o, block_c))
         depthwise_conv2d_fwd_kernel[grid](
             x, w_t, *tensors, n, h, w, oh, ow, o, o // c, *x.stride(), sw[0], sw[2], sw[3],
             *_strides4(residual), *out.stride(), *geometry, KH=kh, KW=kw, **common,
             BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
-        return out, z
+        return
     flat = use_flat_k(c_g, k_tile(x.dtype, x.is_cuda))
     block_m, block_n, block_k, warps, stages = fwd_config(o // groups, x.dtype, x.is_cuda,
                                                           vector_loads(x, c_g), flat)
-    w_t = weight_tiles(weight)
-    grid = (triton.cdiv(n * oh * ow, block_m), triton.cdiv(o // groups, block_n), groups)
+    grid = (triton.cdiv(m_rows, block_m // win), triton.cdiv(o // groups, block_n), groups)
     conv2d_fwd_kernel[grid](
         x, w_t, *tensors, n, h, w, c_g, oh, ow, o // groups, kh, kw, *x.stride(),
         *w_t.stride(), *_strides4(residual), *out.stride(), *geometry, **common,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, FLAT_K=flat,
         DOT_PRECISION=dot_precision(x.dtype), num_warps=warps, num_stages=stages)
+
+
+def conv2d_fwd(x, weight, bias, residual, stride, padding, dilation, groups, activation):
+    """The conv2d_fwd op: (out, z), out = act(conv(x, weight) + bias + residual) in x's dtype and
+    memory format; z saved only for gelu/silu (else a (0,) tensor). padding (top, bottom, left,
+    right). Depthwise (groups == C) runs the direct kernel, everything else the implicit GEMM."""
+    oh, ow = _conv_out_hw(x, weight, stride, padding, dilation)
+    out = empty_like_format(x, (x.shape[0], weight.shape[0], oh, ow))
+    save_z = activation in SAVES_Z
+    z = empty_like_format(x, out.shape) if save_z else x.new_empty(0)
+    if out.numel() == 0:
+        return out, z
+    _launch_fwd(x, weight, bias, residual, out, z, (oh, ow), stride, padding, dilation, groups,
+                activation)
     return out, z
+
+
+def conv2d_pool_fwd(x, weight, bias, stride, padding, dilation, groups, activation, pool,
+                    pool_size):
+    """The conv2d_pool_fwd op (inference): pool(act(conv(x, weight) + bias)), pool "max" or
+    "avg" over non-overlapping pool_size x pool_size windows (stride pool_size, floor mode), out
+    (N, O, OH // pool_size, OW // pool_size) in x's dtype and memory format. The conv kernels'
+    pooling epilogue: the full-resolution activation is never written. The glue has checked
+    OH, OW >= pool_size, pool in POOLS and pool_size in (2, 3)."""
+    oh, ow = _conv_out_hw(x, weight, stride, padding, dilation)
+    out = empty_like_format(x, (x.shape[0], weight.shape[0], oh // pool_size, ow // pool_size))
+    if out.numel() == 0:
+        return out
+    _launch_fwd(x, weight, bias, None, out, x.new_empty(0), (oh, ow), stride, padding, dilation,
+                groups, activation, pool, pool_size)
+    return out
 
 
 def separable_conv2d_fwd(x, dw_weight, dw_bias, dw_activation, pw_weight, pw_bias, activation,

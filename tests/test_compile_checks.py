@@ -132,7 +132,8 @@ def _rnn_rows():
 # 1, constants as the JIT sees them for a 3x3 'same' conv; "s2": all of them runtime ints) and the
 # variant ("full": bias + residual + gelu epilogue with z saved, "plain": none; for the dz kernel
 # the activation, and "db" when dbias is summed; "flat": the flat (tap, channel) reduction of
-# few channels per group, kernels/conv.py use_flat_k).
+# few channels per group, kernels/conv.py use_flat_k; "max2" / "avg3": the conv2d_pool_fwd
+# epilogue, pool and window size, bias + activation (gelu with "full", else relu)).
 CONV_HALF = ("fp16", "bf16")
 
 
@@ -154,6 +155,16 @@ def _conv_rows():
     rows += [(sep, dt, 64, "cl-s1-full", 90) for dt in ("fp32", "fp64")]
     rows += [(k, dt, 3 if k == dw else 128, "cl-s1-full", 80) for k in (gemm, dw, sep)
              for dt in CONV_HALF]
+    # conv2d_pool_fwd: the pooling epilogue (bias + gelu, no residual / z), 2x2 max and 3x3 avg
+    # (16-row windows, 7 masked) on both kernels and both archs, every dtype at 2x2 max.
+    for kernel, width in ((gemm, 64), (dw, 3)):
+        rows += [(kernel, dt, width, f"cl-s1-full-{p}", arch) for dt in CONV_HALF
+                 for p in ("max2", "avg3") for arch in (90, 80)]
+        rows += [(kernel, dt, width, "cl-s1-full-max2", 90) for dt in ("fp32", "fp64")]
+        rows += [(kernel, dt, width, "nchw-s2-full-avg3", 90) for dt in ("fp16", "fp32")]
+    rows += [(gemm, "bf16", 128, f"cl-s1-full-{p}", 90) for p in ("max2", "avg3")]
+    rows += [(gemm, dt, 64, f"cl3-s1-full-flat-{p}", 90) for dt in ("bf16", "fp32")
+             for p in ("max2", "avg3")]
     return rows
 
 
@@ -330,7 +341,12 @@ CONV_ACT = {"none": 0, "relu": 1, "gelu": 2, "silu": 3}
 def _conv_constexprs(mod, kernel, dtype, width, layout, variant):
     """(constexprs, num_warps/num_stages) the conv launchers pass for this row."""
     full = "full" in variant
-    epilogue = dict(HAS_BIAS=full, HAS_RES=full, ACT=2 if full else 0, SAVE_Z=full)
+    epilogue = dict(HAS_BIAS=full, HAS_RES=full, ACT=2 if full else 0, SAVE_Z=full, POOL=0,
+                    POOL_K=1)
+    pool = re.search(r"(max|avg)(\d)", variant)
+    if pool:  # conv2d_pool_fwd: bias + activation, no residual, no z
+        epilogue = dict(HAS_BIAS=True, HAS_RES=False, ACT=2 if full else 1, SAVE_Z=False,
+                        POOL=mod.POOLS[pool[1]], POOL_K=int(pool[2]))
     prec = {"DOT_PRECISION": mod.dot_precision(dtype)}
     if kernel in ("conv2d_fwd_kernel", "conv2d_bwd_dx_kernel"):
         bm, bn, bk, warps, stages = mod.fwd_config(width, dtype, vector=layout == "cl",
