@@ -295,6 +295,120 @@ def test_conv2d_fp16(name, n, c, h, w, o, k, kw, layout):
     check_half(inputs, geometry, ("gelu", "silu", "relu")[i])
 
 
+# ------------------------------------------------------------------------ conv2d_pool_fwd
+# pool(act(conv(x) + bias)), inference: the M tiles hold whole windows (2x2: 4 rows; 3x3: 16
+# rows, 7 masked), so the interpreter's 64-row tiles hold 16 or 4 windows and every case below
+# spans several tiles; odd conv outputs check the floor (the last row / column is dropped).
+POOLS = (("max", 2), ("avg", 2), ("max", 3), ("avg", 3))
+
+
+def pool_reference(inputs, geometry, act, pool, size):
+    """float64 pool(act(conv(x, weight) + bias)): the reference conv, then its pooling."""
+    x, w, b, _ = inputs
+    stride, padding, dilation, groups = geometry
+    y = ref.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, padding,
+                   dilation, groups, act)
+    return getattr(ref, f"{pool}_pool2d")(y, size)
+
+
+def run_pool(inputs, geometry, act, pool, size):
+    x, w, b, _ = inputs
+    out = kernels.conv2d_pool_fwd(x, w, b, *geometry, act, pool, size)
+    oh = ref.out_size(x.shape[2], w.shape[2], geometry[0][0], *geometry[1][:2], geometry[2][0])
+    ow = ref.out_size(x.shape[3], w.shape[3], geometry[0][1], *geometry[1][2:], geometry[2][1])
+    assert out.shape == (x.shape[0], w.shape[0], oh // size, ow // size)
+    assert out.dtype == x.dtype and out.is_contiguous(memory_format=kernels.memory_format(x))
+    return out
+
+
+def check_pool(inputs, geometry, act, pool, size, tol=2e-5):
+    out = run_pool(inputs, geometry, act, pool, size)
+    assert_close(out, pool_reference(inputs, geometry, act, pool, size), f"{pool}{size}", tol)
+
+
+# (name, n, c, h, w, o, kernel, keyword arguments): conv outputs odd and even, both kernels.
+POOL_CASES = [
+    ("7x9-same", 2, 3, 7, 9, 5, 3, {"padding": (1, 1, 1, 1)}),
+    ("17x19-valid-bs1", 1, 3, 19, 21, 4, 3, {}),
+    ("stride2", 2, 4, 15, 17, 6, 3, {"stride": (2, 2), "padding": (1, 1, 1, 1)}),
+    ("groups2", 2, 4, 9, 11, 6, 3, {"groups": 2, "padding": (1, 1, 1, 1)}),
+    ("channels-over-tiles", 1, 33, 7, 8, 17, 3, {"padding": (1, 1, 1, 1)}),
+    ("5x5-dilation2-asym", 1, 3, 14, 13, 4, (5, 3), {"dilation": (2, 1),
+                                                     "padding": (3, 2, 1, 0)}),
+    ("depthwise", 2, 5, 9, 8, 5, 3, {"groups": 5, "padding": (1, 1, 1, 1)}),
+    ("depthwise-x2-stride2", 1, 20, 13, 12, 40, 3, {"groups": 20, "stride": (2, 2),
+                                                    "padding": (1, 1, 1, 1)}),
+]
+
+
+@pytest.mark.parametrize("pool, size", POOLS, ids=[f"{p}{k}" for p, k in POOLS])
+@pytest.mark.parametrize("name, n, c, h, w, o, k, kw", POOL_CASES,
+                         ids=[case[0] for case in POOL_CASES])
+def test_conv2d_pool_fp32(name, n, c, h, w, o, k, kw, pool, size):
+    """Every shape x both pools x both window sizes; the activation, bias and layout rotate."""
+    i = [case[0] for case in POOL_CASES].index(name) + POOLS.index((pool, size))
+    inputs, geometry = make_conv(n, c, h, w, o, k, bias=i % 2 == 0,
+                                 layout=("cl", "nchw", "strided")[i % 3], **kw)
+    check_pool(inputs, geometry, ACTS[i % 4], pool, size)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("depthwise", [False, True], ids=["gemm", "depthwise"])
+def test_conv2d_pool_epilogue(act, bias, depthwise):
+    """Every activation with and without bias, on both kernels, channels_last and NCHW, all
+    four pools: max of act (not act of max: gelu and silu are not monotone) and the mean."""
+    c, o, groups = (4, 8, 4) if depthwise else (3, 5, 1)
+    for layout in ("cl", "nchw"):
+        inputs, geometry = make_conv(2, c, 7, 9, o, 3, groups=groups, padding=(1, 1, 1, 1),
+                                     bias=bias, layout=layout)
+        for pool, size in POOLS:
+            check_pool(inputs, geometry, act, pool, size)
+
+
+def test_conv2d_pool_edges():
+    """A conv output exactly one window (1 x 1 pooled), one just under two windows (floor),
+    float64, and an empty batch."""
+    for size in (2, 3):
+        inputs, geometry = make_conv(1, 3, size, 2 * size - 1, 4, 3, padding=(1, 1, 1, 1))
+        for pool in ("max", "avg"):
+            check_pool(inputs, geometry, "silu", pool, size)
+    for groups in (1, 3):
+        inputs, geometry = make_conv(2, 3, 8, 9, 6, 3, groups=groups, padding=(1, 0, 0, 1),
+                                     dtype=torch.float64, layout="cl")
+        for pool, size in POOLS:
+            check_pool(inputs, geometry, "gelu", pool, size, tol=1e-10)
+    (x, w, b, _), geometry = make_conv(2, 3, 6, 6, 4, 3)
+    out = run_pool((x[:0], w, b, None), geometry, "relu", "max", 2)
+    assert out.shape == (0, 4, 2, 2)
+
+
+def check_pool_half(inputs, geometry, act, pool, size, factor=2.0):
+    """fp16/bf16: error vs float64 at most factor x torch's own (its conv, activation and
+    pooling in the dtype), plus one ulp of the output's scale for ties at tiny sizes."""
+    x, w, b, _ = inputs
+    stride, (top, bottom, left, right), dilation, groups = geometry
+    out = run_pool(inputs, geometry, act, pool, size)
+    want = pool_reference(inputs, geometry, act, pool, size)
+    y = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation, groups)
+    pool_fn = F.max_pool2d if pool == "max" else F.avg_pool2d
+    theirs = pool_fn(TORCH_ACT[act](y), size)
+    ours_err, torch_err = _max_err(out, want), _max_err(theirs, want)
+    limit = factor * torch_err + torch.finfo(x.dtype).eps * max(1.0, want.abs().max().item())
+    assert torch.isfinite(out).all()
+    assert ours_err <= limit, f"{pool}{size}: error {ours_err:.3g} > {factor} x torch's " \
+                              f"{torch_err:.3g}"
+
+
+@pytest.mark.parametrize("name, n, c, h, w, o, k, kw, layout", HALF_CASES,
+                         ids=[case[0] for case in HALF_CASES])
+def test_conv2d_pool_fp16(name, n, c, h, w, o, k, kw, layout):
+    i = [case[0] for case in HALF_CASES].index(name)
+    inputs, geometry = make_conv(n, c, h, w, o, k, dtype=torch.float16, layout=layout, **kw)
+    for pool, size in POOLS:
+        check_pool_half(inputs, geometry, ("gelu", "silu", "relu")[i], pool, size)
+
+
 # --------------------------------------------------------------------------- separable block
 
 def make_separable(n, c, h, w, o, k, dw_bias=True, pw_bias=True, dtype=torch.float32,
@@ -371,6 +485,38 @@ def test_conv2d_half_gpu(dtype, shape):
     inputs, geometry = make_conv(n, c, h, w, o, k, residual=True, dtype=dtype, layout=layout,
                                  **kw)
     check_half(inputs, geometry, "gelu")
+
+
+POOL_GPU_SHAPES = [  # (n, c, h, w, o, k, kwargs, layout): odd conv outputs, both kernels
+    (2, 64, 28, 30, 128, 3, {"padding": (1, 1, 1, 1)}, "cl"),
+    (2, 64, 27, 29, 96, 3, {"stride": (2, 2), "padding": (1, 1, 1, 1)}, "nchw"),
+    (2, 3, 33, 35, 64, 3, {"padding": (1, 1, 1, 1)}, "cl"),
+    (2, 64, 29, 28, 64, 3, {"groups": 64, "padding": (1, 1, 1, 1)}, "cl"),
+    (1, 32, 30, 31, 32, 5, {"groups": 32, "padding": (2, 2, 2, 2)}, "nchw"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE == "cpu", reason="tensor-core paths and bf16: checked on the GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", POOL_GPU_SHAPES,
+                         ids=[f"{s[4]}x{s[1]}-k{s[5]}-{s[7]}-{i}"
+                              for i, s in enumerate(POOL_GPU_SHAPES)])
+def test_conv2d_pool_half_gpu(dtype, shape):
+    n, c, h, w, o, k, kw, layout = shape
+    inputs, geometry = make_conv(n, c, h, w, o, k, dtype=dtype, layout=layout, **kw)
+    for (pool, size), act in zip(POOLS, ACTS):
+        check_pool_half(inputs, geometry, act, pool, size)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE == "cpu", reason="tensor-core paths: checked on the GPU")
+def test_conv2d_pool_fp32_gpu_large():
+    for groups in (1, 64):
+        inputs, geometry = make_conv(2, 64, 28, 29, 128, 3, groups=groups, padding=(1, 1, 1, 1),
+                                     layout="cl")
+        for pool, size in POOLS:
+            check_pool(inputs, geometry, "silu", pool, size, tol=5e-5)
 
 
 @pytest.mark.gpu
