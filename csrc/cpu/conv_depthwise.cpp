@@ -413,6 +413,7 @@ void separable_impl(const Shape& s, const acc_t<T>* x, const acc_t<T>* dw, const
   constexpr int64_t kTile = 192;
   const int64_t rows = rows_per_task(s, kTile, s.N);
   const int64_t blocks = (s.OH + rows - 1) / rows, tile = rows * s.OW;
+  const bool stream = use_streaming_stores((s.N * C * s.HW() + s.N * O * OHW) * int64_t(sizeof(T)));
   if (!s.channels_last) {
     const Staging st(s);
     const auto kernel = pick_nchw<A>(s);
@@ -437,10 +438,11 @@ void separable_impl(const Shape& s, const acc_t<T>* x, const acc_t<T>* dw, const
             const int64_t off = (n * O + o) * OHW + r0 * s.OW;
             epilogue<decltype(a)::value>(acc.data() + o * m, m, pw_b ? pw_b[o] : A(0),
                                          (const A*)nullptr, (const T*)nullptr, out + off,
-                                         (T*)nullptr);
+                                         (T*)nullptr, stream);
           }
         });
       }
+      if (stream) stream_fence();
       matmul_release();
     });
     return;
@@ -465,9 +467,10 @@ void separable_impl(const Shape& s, const acc_t<T>* x, const acc_t<T>* dw, const
       with_act(act, [&](auto a) {
         for (int64_t p = 0; p < m; ++p)
           epilogue<decltype(a)::value>(acc.data() + p * O, O, A(0), pw_b, (const T*)nullptr,
-                                       out + off + p * O, (T*)nullptr);
+                                       out + off + p * O, (T*)nullptr, stream);
       });
     }
+    if (stream) stream_fence();
     matmul_release();
   });
 }
