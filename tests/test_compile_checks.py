@@ -156,11 +156,12 @@ def _conv_rows():
     rows += [(k, dt, 3 if k == dw else 128, "cl-s1-full", 80) for k in (gemm, dw, sep)
              for dt in CONV_HALF]
     # conv2d_pool_fwd: the pooling epilogue (bias + gelu, no residual / z), 2x2 max and 3x3 avg
-    # (16-row windows, 7 masked) on both kernels and both archs, every dtype at 2x2 max.
+    # (16-row windows, 7 masked) on both kernels, every dtype, sm_90 and (16-bit) sm_80.
     for kernel, width in ((gemm, 64), (dw, 3)):
         rows += [(kernel, dt, width, f"cl-s1-full-{p}", arch) for dt in CONV_HALF
                  for p in ("max2", "avg3") for arch in (90, 80)]
-        rows += [(kernel, dt, width, "cl-s1-full-max2", 90) for dt in ("fp32", "fp64")]
+        rows += [(kernel, dt, width, f"cl-s1-full-{p}", 90) for dt in ("fp32", "fp64")
+                 for p in ("max2", "avg3")]
         rows += [(kernel, dt, width, "nchw-s2-full-avg3", 90) for dt in ("fp16", "fp32")]
     rows += [(gemm, "bf16", 128, f"cl-s1-full-{p}", 90) for p in ("max2", "avg3")]
     rows += [(gemm, dt, 64, f"cl3-s1-full-flat-{p}", 90) for dt in ("bf16", "fp32")
