@@ -10,13 +10,15 @@
 // over the M = OH * OW output positions of an image. Neither layout needs a transposed operand,
 // so the product is blas.h's `matmul` (oneDNN's brgemm micro-kernels for fp32). The whole col
 // matrix is never built: a task takes a block of output positions of one image and one group,
-// fills its col tile (~256 KB, in L2) in a thread-local buffer, multiplies, and runs the
+// fills its col tile (~512 KB, in L2) in a thread-local buffer, multiplies, and runs the
 // epilogue over the fp32 result tile on its way to `out` -- bias, residual and activation cost
-// no extra pass over memory. A 1x1 stride-1 unpadded convolution is a plain GEMM on x itself
+// no extra pass over memory (streaming stores when the output is larger than the last-level
+// cache). A 1x1 stride-1 unpadded convolution is a plain GEMM on x itself
 // (NCHW: x_n is (C x HW); NHWC: x is (N*HW x C)), with no im2col.
 //
 // Tasks are (image, group, block of positions), spread with at::parallel_for, so a batch of 1
-// still uses every thread. fp16/bf16 are widened to fp32 up front (the GEMM needs a BLAS type)
+// still uses every thread. Depthwise convolutions (groups = C) take the direct kernels of
+// conv_depthwise.cpp instead: an im2col tile with one channel per group has no reuse to offer. fp16/bf16 are widened to fp32 up front (the GEMM needs a BLAS type)
 // and narrowed in the epilogue; fp64 runs in fp64.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -258,7 +260,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_fwd_cpu(const at::Tensor& x, const at:
     res = residual->contiguous(fmt);
   }
   at::Tensor out = empty_image(out_shape, x.options(), fmt);
-  at::Tensor z = saves_z(act) ? empty_image(out_shape, x.options(), fmt) : at::empty({0}, x.options());
+  at::Tensor z = saves_z(act) ? empty_image(out_shape, x.options(), fmt)
+                              : at::empty({0}, x.options());
   if (out.numel() == 0) return {out, z};
   const auto acc = acc_dtype(x.scalar_type());
   const at::Tensor xa = formatted(x, acc, fmt);

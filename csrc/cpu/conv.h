@@ -1,6 +1,7 @@
 // Shared pieces of the convolution family's CPU kernels (conv.cpp: the GEMM forward;
-// conv_bwd.cpp: the backward; conv_depthwise.cpp: the direct depthwise kernels and the
-// separable block). See docs/conv.md for the math.
+// conv_bwd.cpp: the GEMM backward; conv_depthwise.cpp: the direct depthwise forward and the
+// separable block; conv_depthwise_bwd.cpp: the direct depthwise backward). The math:
+// docs/conv.md.
 //
 // Layouts. Every kernel runs in one of two layouts, chosen by the memory-format rule the Python
 // glue's fakes use (leedl_fast/_ops/conv.py `memory_format`): channels_last when x is

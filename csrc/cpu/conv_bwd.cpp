@@ -16,6 +16,8 @@
 // accumulating its own partial dW (Og x K per group) with GEMMs, then the partials are added in
 // a fixed order.
 //
+// Depthwise convolutions take the direct kernels of conv_depthwise_bwd.cpp instead.
+//
 // Everything accumulates in fp32 (fp64 for fp64); dx is returned in x's dtype, dweight and
 // dbias in weight's.
 #include <ATen/ATen.h>
@@ -269,7 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(
     }
     if (output_mask[1]) {
       dweight = s.N == 0 ? at::zeros(weight.sizes(), opts)
-                         : dweight_kernel<A>(s, xa.const_data_ptr<A>(), dz.const_data_ptr<A>(), opts);
+                         : dweight_kernel<A>(s, xa.const_data_ptr<A>(),
+                                             dz.const_data_ptr<A>(), opts);
       dweight = dweight.to(weight.scalar_type()).contiguous();
     }
   });

@@ -12,8 +12,14 @@
 //   into s phases (column j goes to phase j % s at j / s). Then every tap (kh, kw) of every
 //   output row is one contiguous vector load -- no bounds checks, no gathers -- and the k*k
 //   filter weights sit in vector registers (broadcast once per channel).
-// NHWC -- along the channels (C). Per output pixel, the taps that fall inside the image are
-//   listed once (offsets), then each vector of channels sums tap * weight over the list.
+// NHWC -- along the channels (C). Interior pixels of a 3x3 kernel (the common case) go four at
+//   a time with a vector of channels' nine weights in registers; at stride 1 the four pixels
+//   share their six input columns per row, so each input vector is loaded once for up to three
+//   multiply-adds. The input row the next output row needs is prefetched. Edge pixels and other
+//   kernels: the taps inside the image are listed once per pixel, then each vector of channels
+//   sums tap * weight over the list.
+//
+// Outputs larger than the last-level cache are written with streaming stores (memory.h).
 //
 // The separable block works on a tile of output rows of one image: the depthwise result for
 // all C channels of the tile (plus dw_bias and dw_activation) goes to a thread-local buffer
@@ -393,7 +399,8 @@ void depthwise_fwd(const Shape& s, const at::Tensor& x, const at::Tensor& w,
                                  bias.defined() ? bias.const_data_ptr<A>() : nullptr,
                                  res.defined() ? res.const_data_ptr<scalar_t>() : nullptr, act,
                                  out.mutable_data_ptr<scalar_t>(),
-                                 z.defined() && z.numel() ? z.mutable_data_ptr<scalar_t>() : nullptr);
+                                 z.defined() && z.numel() ? z.mutable_data_ptr<scalar_t>()
+                                                          : nullptr);
   });
 }
 
@@ -484,7 +491,8 @@ at::Tensor separable_conv2d_fwd_cpu(const at::Tensor& x, const at::Tensor& dw_we
   constexpr const char* op = "separable_conv2d_fwd";
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x.sizes());
   TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == x.size(1) && dw_weight.size(1) == 1,
-              op, ": dw_weight must be (C, 1, KH, KW) with C = ", x.size(1), " (x's channels), got ",
+              op, ": dw_weight must be (C, 1, KH, KW) with C = ", x.size(1),
+              " (x's channels), got ",
               dw_weight.sizes());
   Shape s = check_shape(op, x, dw_weight, stride, padding, dilation, x.size(1));
   TORCH_CHECK(pw_weight.dim() == 4 && pw_weight.size(1) == s.C && pw_weight.size(2) == 1 &&

@@ -193,7 +193,8 @@ void dweight_rows_nhwc(const Shape& s, const A* x_img, const A* dz_img, int64_t 
           A* p = partial + (kh * s.KW + kw) * O;
           if (mult == 1) {
             for_each_vec<A>(O, [&](int64_t o, auto cnt) {
-              const Vec<A> v = at::vec::fmadd(load(d + o, cnt), load(xp + o, cnt), load(p + o, cnt));
+              const Vec<A> v =
+                  at::vec::fmadd(load(d + o, cnt), load(xp + o, cnt), load(p + o, cnt));
               if (cnt == Vec<A>::size()) v.store(p + o); else v.store(p + o, cnt);
             });
           } else {
