@@ -323,64 +323,48 @@ def test_separable_empty_batch():
 
 # ---------------------------------------------------------------------------------- opcheck
 
-def opcheck(op, args):
-    """torch.library.opcheck, xfailing (not hiding) a known bug of the glue's fakes: at the time
-    of writing leedl_fast/_ops/conv.py called Tensor.new_empty(..., memory_format=...), which
-    new_empty does not accept."""
-    try:
-        torch.library.opcheck(op, args)
-    except Exception as e:  # noqa: BLE001
-        chain, cause = [], e
-        while cause is not None:
-            chain.append(str(cause))
-            cause = cause.__cause__ or cause.__context__
-        if any("new_empty() got an unexpected keyword argument 'memory_format'" in c
-               for c in chain):
-            pytest.xfail("fake kernel in leedl_fast/_ops/conv.py passes memory_format= to "
-                         "new_empty (glue bug, not the C++ kernel)")
-        raise
-
-
 def test_opcheck_conv2d():
     for name, kind, act in (("3x3", "nchw", "gelu"), ("depthwise_mult2_asym", "cl", "relu"),
                             ("pointwise", "cl", "none")):
         x, w, b, r, conv = make(CASES[name], torch.float64, act, True, True, kind)
         x.requires_grad_(), w.requires_grad_()
-        opcheck(ops.conv2d_fwd.default, (x, w, b, r, *conv))
+        torch.library.opcheck(ops.conv2d_fwd.default, (x, w, b, r, *conv))
         out, z = fwd(x.detach(), w.detach(), b, r, conv)
         dout = torch.randn_like(out)
-        opcheck(ops.conv2d_bwd.default,
-                (dout, x.detach(), w.detach(), out, z, *conv, [True, True, True, True]))
+        torch.library.opcheck(ops.conv2d_bwd.default,
+                              (dout, x.detach(), w.detach(), out, z, *conv,
+                               [True, True, True, True]))
 
 
 def test_opcheck_separable():
     for kind in ("nchw", "cl"):
         x, dw, dwb, pw, pwb, geo = make_separable(SEPARABLE[1], torch.float32, kind)
-        opcheck(ops.separable_conv2d_fwd.default, (x, dw, dwb, "relu", pw, pwb, "gelu", *geo))
+        torch.library.opcheck(ops.separable_conv2d_fwd.default,
+                              (x, dw, dwb, "relu", pw, pwb, "gelu", *geo))
 
 
 # ------------------------------------------------------------------------------- bad input
 
 def conv_args(**over):
-    args = dict(x=torch.randn(2, 4, 7, 9), weight=torch.randn(6, 4, 3, 3), bias=None,
-                residual=None, stride=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=1,
-                activation="none")
+    args = {"x": torch.randn(2, 4, 7, 9), "weight": torch.randn(6, 4, 3, 3), "bias": None,
+            "residual": None, "stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1],
+            "groups": 1, "activation": "none"}
     args.update(over)
     return list(args.values())
 
 
 @pytest.mark.parametrize("over,message", [
-    (dict(weight=torch.randn(6, 3, 3, 3)), "channels"),
-    (dict(weight=torch.randn(6, 2, 3, 3), groups=3), "groups"),
-    (dict(residual=torch.randn(3, 6, 7, 9)), "residual"),
-    (dict(bias=torch.randn(5)), "bias"),
-    (dict(weight=torch.randn(6, 4, 3, 3, dtype=torch.float64)), "dtype"),
-    (dict(activation="tanh"), "activation"),
-    (dict(stride=[0, 1]), "stride"),
-    (dict(padding=[1, 1]), "padding"),
-    (dict(weight=torch.randn(6, 4, 11, 3)), "bigger than the padded input"),
-    (dict(x=torch.randn(4, 7, 9)), "4-D"),
-    (dict(x=torch.randint(0, 5, (2, 4, 7, 9))), "float"),
+    ({"weight": torch.randn(6, 3, 3, 3)}, "channels"),
+    ({"weight": torch.randn(6, 2, 3, 3), "groups": 3}, "groups"),
+    ({"residual": torch.randn(3, 6, 7, 9)}, "residual"),
+    ({"bias": torch.randn(5)}, "bias"),
+    ({"weight": torch.randn(6, 4, 3, 3, dtype=torch.float64)}, "dtype"),
+    ({"activation": "tanh"}, "activation"),
+    ({"stride": [0, 1]}, "stride"),
+    ({"padding": [1, 1]}, "padding"),
+    ({"weight": torch.randn(6, 4, 11, 3)}, "bigger than the padded input"),
+    ({"x": torch.randn(4, 7, 9)}, "4-D"),
+    ({"x": torch.randint(0, 5, (2, 4, 7, 9))}, "float"),
 ])
 def test_bad_input_fwd(over, message):
     with pytest.raises(RuntimeError, match=message):
