@@ -344,19 +344,51 @@ def attention_fwd(q, k, v, scale=None, is_causal=False, window=None, attn_mask=N
     return out, lse
 
 
-def bwd_config(head_dim, is_cuda=True, dtype=torch.bfloat16):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) of the two backward kernels. The
-    backward holds k, v, dk, dv (or q, do, dq) tiles at once, so its tiles are smaller than the
-    forward's; sizes picked so ptxas reports no spills on sm_90 and sm_80
-    (tests/test_compile_checks.py)."""
+def bwd_configs(head_dim, is_cuda=True, dtype=torch.bfloat16, kernel="dkdv"):
+    """BLOCK_D and the (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of one backward
+    kernel ("dkdv" or "dq"); on a GPU, triton.autotune times them at the first call per
+    (head dim, mask kind, window, dtype) and keeps the fastest, elsewhere the first runs.
+
+    Each program owns one side's tile (keys for dK/dV, queries for dQ) and loops over tiles of
+    the other. Owning a wide tile re-reads the looped side (Q/dO, or K/V) for more rows at once;
+    FlashAttention-2 and the Triton tutorial own 128 and loop over 32 on the H100. The 32 x 32
+    tiles alone (the first candidate at head dim 128) ran the backward at ~0.6x SDPA-flash on
+    the H100 (docs/attention.md). Every candidate compiles without spills on sm_90 and sm_80
+    (tests/test_compile_checks.py): owning 128 keys at head dim 128 spills here (dK, dV, K, V
+    tiles all live), so dK/dV owns 64."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     if not is_cuda:
-        return 16, 16, block_d, 4, 1
+        return block_d, [(16, 16, 4, 1)]  # the interpreter: small tiles run fastest
     if dtype == torch.float32 or block_d > 128:
-        return 32, 32, block_d, 4, 1
+        return block_d, [(32, 32, 4, 1)]
     if block_d <= 64:
-        return 64, 64, block_d, 4, 2
-    return 32, 32, block_d, 4, 2
+        configs = {"dkdv": [(64, 64, 4, 2), (32, 64, 4, 2)],
+                   "dq": [(64, 64, 4, 2), (128, 32, 8, 2)]}
+    else:
+        configs = {"dkdv": [(32, 32, 4, 2), (32, 64, 8, 2)],
+                   "dq": [(32, 32, 4, 2), (64, 32, 4, 2), (128, 32, 8, 1)]}
+    return block_d, configs[kernel]
+
+
+_TUNED = {}  # (kernel, candidates) -> the kernel wrapped in triton.autotune
+
+
+def _bwd_kernel(kernel, candidates):
+    """The backward kernel to launch and the launch options it still needs: the plain kernel
+    with its one config, or (several candidates, on a GPU) its autotuned wrapper."""
+    fn = attn_bwd_dkdv_kernel if kernel == "dkdv" else attn_bwd_dq_kernel
+    if len(candidates) == 1:
+        m, n, warps, stages = candidates[0]
+        return fn, dict(BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=stages)
+    key = (kernel, tuple(candidates))
+    if key not in _TUNED:
+        # Both kernels store (never accumulate into) their outputs, so the autotuner's repeated
+        # launches leave the right result behind.
+        _TUNED[key] = triton.autotune(
+            configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                     for m, n, w, s in candidates],
+            key=["HEAD_D", "MASK_KIND", "HAS_LEFT", "HAS_RIGHT"])(fn)
+    return _TUNED[key], {}
 
 
 def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=None,
@@ -373,22 +405,23 @@ def attention_bwd(do, q, k, v, out, lse, scale=None, is_causal=False, window=Non
     dv_heads = torch.zeros(b, hq, lk, d, device=q.device, dtype=head_dtype)
     if q.numel() and lk:
         scale = 1.0 / math.sqrt(d) if scale is None else scale
-        block_m, block_n, block_d, warps, stages = bwd_config(d, q.is_cuda, q.dtype)
         has_left, left, has_right, right = window_bounds(is_causal, window)
         delta = torch.empty(b, hq, lq, device=q.device, dtype=torch.float32)
         rows = b * hq * lq
+        block_d, dkdv = bwd_configs(d, q.is_cuda, q.dtype, "dkdv")
+        _, dq_configs = bwd_configs(d, q.is_cuda, q.dtype, "dq")
         attn_bwd_preprocess_kernel[(triton.cdiv(rows, 64),)](
             out, do, delta, rows, HEAD_D=d, BLOCK_M=64, BLOCK_D=block_d)
         mask, mask_strides, mask_kind = mask_args(attn_mask, b, hq, lq, lk, q)
-        common = dict(HEAD_D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                      HAS_LEFT=has_left, HAS_RIGHT=has_right, MASK_KIND=mask_kind,
-                      DOT_PRECISION=dot_precision(q.dtype), num_warps=warps,
-                      num_stages=stages)
         args = (mask, *mask_strides, hq, hq // hk, lq, lk, scale * LOG2E, scale, left, right)
-        attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hq)](
-            q, k, v, do, lse, delta, dk_heads, dv_heads, *args, **common)
-        attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * hq)](
-            q, k, v, do, lse, delta, dq, *args, **common)
+        flags = dict(HEAD_D=d, BLOCK_D=block_d, HAS_LEFT=has_left, HAS_RIGHT=has_right,
+                     MASK_KIND=mask_kind, DOT_PRECISION=dot_precision(q.dtype))
+        fn, opts = _bwd_kernel("dkdv", dkdv)
+        fn[lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), b * hq)](
+            q, k, v, do, lse, delta, dk_heads, dv_heads, *args, **flags, **opts)
+        fn, opts = _bwd_kernel("dq", dq_configs)
+        fn[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
+            q, k, v, do, lse, delta, dq, *args, **flags, **opts)
     # GQA: the query heads of a group all read one key/value head; their gradients add up.
     dk = dk_heads.view(b, hk, hq // hk, lk, d).sum(2).to(q.dtype)
     dv = dv_heads.view(b, hk, hq // hk, lk, d).sum(2).to(q.dtype)

@@ -100,6 +100,13 @@ def _attention_rows():
         rows += [(kernel, dt, d, "causal", 90) for dt in ("fp16", "bf16") for d in ATTN_HEAD_DIMS]
         rows += [(kernel, "bf16", 128, "window", 90), (kernel, "fp32", 64, "full", 90),
                  (kernel, "bf16", 128, "causal", 80)]
+    # The backward's other autotune candidates (kernels/attention.py bwd_configs): "@i" picks
+    # candidate i; the rows above compile candidate 0.
+    for kernel, extra in (("attn_bwd_dkdv_kernel", 1), ("attn_bwd_dq_kernel", 2)):
+        for i in range(1, extra + 1):
+            rows += [(kernel, "bf16", d, f"{f}@{i}", arch) for d in (64, 128)
+                     for f in ("causal", "boolmask") for arch in (90, 80)
+                     if not (d == 64 and i > 1)]
     rows += [("attn_bwd_preprocess_kernel", dt, d, "", 90) for dt in ("bf16", "fp32")
              for d in (64, 80, 256)]
     return rows
@@ -276,7 +283,10 @@ def _resolve_attention_bwd(mod, kernel, t, head_dim, flags):
     import torch
 
     dtype = {"*fp16": torch.float16, "*bf16": torch.bfloat16, "*fp32": torch.float32}[t]
-    block_m, block_n, block_d, warps, stages = mod.bwd_config(head_dim, True, dtype)
+    flags, _, index = flags.partition("@")
+    block_d, candidates = mod.bwd_configs(
+        head_dim, True, dtype, "dkdv" if kernel == "attn_bwd_dkdv_kernel" else "dq")
+    block_m, block_n, warps, stages = candidates[int(index or 0)]
     has_left, _, has_right, _ = mod.window_bounds(False, ATTN_FLAGS[flags])
     ptrs = ["Q", "K", "V", "DO", "LSE", "DELTA"] + (
         ["DK", "DV"] if kernel == "attn_bwd_dkdv_kernel" else ["DQ"])
