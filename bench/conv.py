@@ -12,7 +12,7 @@ Cases: the layers of a small image classifier (the book's food-classification CN
 fused against torch's conv then bias then ReLU), a 1 x 1 pointwise conv, MobileNet's depthwise
 3 x 3 (C = 256, 56 x 56), and the separable block (depthwise 3 x 3 -> BN -> ReLU -> pointwise ->
 BN -> ReLU, eval mode; ours has both BNs folded and runs one fused op). CPU at batch 8 (1 for
-224 x 224), fp32; GPU at batch 64 (and 1), bf16.
+224 x 224), fp32; GPU at batch 64 (and 1 for two layers), bf16.
 """
 from __future__ import annotations
 
@@ -140,6 +140,15 @@ def cases(device: str, quick: bool) -> list[Case]:
                                                      device, dtype, channels_last),
                                 target=target,
                                 flops=_flops(n, c, o, oh, ow, k, groups, mode)))
+    if gpu and not quick:  # batch 1: latency, where a launch and a small grid dominate
+        for op, c, o, h, w, k, stride, groups, act in (LAYERS[3], LAYERS[5]):
+            oh, ow = (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1
+            out.append(Case(family="conv", op=op, mode="fwd", shape=(1, c, o, h, w),
+                            dtype=dtype, device=device,
+                            nbytes=elem * (c * h * w + o * (c // groups) * k * k + o * oh * ow),
+                            build=_layer_builder(1, c, o, h, w, k, stride, groups, act, "fwd",
+                                                 device, dtype, False),
+                            flops=_flops(1, c, o, oh, ow, k, groups, "fwd")))
     op, c, o, h, w, k = SEPARABLE
     n = batch
     if quick:
