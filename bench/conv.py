@@ -9,7 +9,8 @@ written once. Depthwise convs do k*k multiply-adds per output element: they are 
 
 Cases: the layers of a small image classifier (the book's food-classification CNN: 3 -> 64 at
 224 x 224, 64 -> 128 at 64 x 64), ResNet 3 x 3 64 -> 64 at 56 x 56 (plain, and with bias + ReLU
-fused against torch's conv then bias then ReLU), a 1 x 1 pointwise conv, MobileNet's depthwise
+fused against torch's conv then bias then ReLU; and with a 2 x 2 max pool fused too), a 1 x 1
+pointwise conv, MobileNet's depthwise
 3 x 3 (C = 256, 56 x 56), and the separable block (depthwise 3 x 3 -> BN -> ReLU -> pointwise ->
 BN -> ReLU, eval mode; ours has both BNs folded and runs one fused op). CPU at batch 8 (1 for
 224 x 224), fp32; GPU at batch 64 (and 1 for two layers), bf16.
@@ -74,6 +75,29 @@ def _layer_builder(n, c, o, h, w, k, stride, groups, act, mode, device, dtype, c
             fns["torch conv(bias) -> relu"] = lambda: torch.relu(
                 TF.conv2d(x, weight, bias, stride, pad, 1, groups))
         return fns if mode != "fwd" else {k_: _no_grad(f) for k_, f in fns.items()}
+
+    return build
+
+
+def _pool_builder(n, c, o, h, w, k, device, dtype):
+    """conv -> ReLU -> 2 x 2 max pool, inference: torch's three ops (cuDNN/mkldnn conv with the
+    bias, relu, max_pool2d) against the fused conv2d(pool=...)."""
+    def build():
+        import leedl_fast.functional as F
+
+        torch.manual_seed(0)
+        x = torch.randn(n, c, h, w, device=device, dtype=dtype)
+        weight = torch.randn(o, c, k, k, device=device, dtype=dtype) * (c * k * k) ** -0.5
+        bias = torch.randn(o, device=device, dtype=dtype)
+
+        def eager(x, weight, bias):
+            return TF.max_pool2d(torch.relu(TF.conv2d(x, weight, bias, 1, k // 2)), 2)
+
+        def ours(x, weight, bias):
+            return F.conv2d(x, weight, bias, 1, k // 2, activation="relu", pool=("max", 2))
+
+        fns = candidates(eager, ours, (x, weight, bias), "fwd", device)
+        return {name: _no_grad(fn) for name, fn in fns.items()}
 
     return build
 
@@ -149,6 +173,14 @@ def cases(device: str, quick: bool) -> list[Case]:
                             build=_layer_builder(1, c, o, h, w, k, stride, groups, act, "fwd",
                                                  device, dtype, False),
                             flops=_flops(1, c, o, oh, ow, k, groups, "fwd")))
+    n, c, o, h, w, k = batch, 64, 64, 56, 56, 3
+    if quick:
+        n, h, w = 1, 16, 16
+    out.append(Case(family="conv", op="conv3x3_relu_maxpool", mode="fwd", shape=(n, c, o, h, w),
+                    dtype=dtype, device=device,
+                    nbytes=elem * (n * c * h * w + o * c * k * k + n * o * (h // 2) * (w // 2)),
+                    build=_pool_builder(n, c, o, h, w, k, device, dtype),
+                    flops=_flops(n, c, o, h, w, k, 1, "fwd")))
     op, c, o, h, w, k = SEPARABLE
     n = batch
     if quick:
