@@ -178,17 +178,56 @@ int64_t position_block(const Shape& s, int64_t elem_bytes) {
   return std::max<int64_t>(block, 1);
 }
 
+// ------------------------------------------------------------------------ one GEMM tile
+
+template <typename A>
+void conv_tile(const Shape& s, const A* x, const A* w, int64_t n, int64_t g, int64_t m0,
+               int64_t m, A* col, A* acc) {
+  const int64_t Og = s.Og(), Cg = s.Cg(), K = s.K(), HW = s.HW();
+  const bool pointwise = s.pointwise();
+  if (!s.channels_last) {
+    const A* xg = x + (n * s.C + g * Cg) * HW;
+    const A* rhs = xg + m0;
+    int64_t ld = HW;
+    if (!pointwise) {
+      im2col_nchw(s, xg, m0, m, col);
+      rhs = col, ld = m;
+    }
+    matmul(Og, m, K, w + g * Og * K, K, rhs, ld, acc, m, /*accumulate=*/false);
+  } else {
+    const A* lhs = x + (n * HW + m0) * s.C + g * Cg;
+    int64_t ld = s.C;
+    if (!pointwise) {
+      im2col_nhwc(s, x + n * HW * s.C, g, m0, m, col);
+      lhs = col, ld = K;
+    }
+    matmul(m, Og, K, lhs, ld, w + g * K * Og, Og, acc, Og, /*accumulate=*/false);
+  }
+}
+
+template void conv_tile<float>(const Shape&, const float*, const float*, int64_t, int64_t,
+                               int64_t, int64_t, float*, float*);
+template void conv_tile<double>(const Shape&, const double*, const double*, int64_t, int64_t,
+                                int64_t, int64_t, double*, double*);
+
+at::Tensor gemm_weight(const Shape& s, const at::Tensor& wa) {
+  // NHWC multiplies by W_g^T with K ordered (kh, kw, c): (groups, KH, KW, Cg, Og).
+  return s.channels_last ? wa.view({s.groups, s.Og(), s.Cg(), s.KH, s.KW})
+                               .permute({0, 3, 4, 2, 1})
+                               .contiguous()
+                         : wa;
+}
+
 namespace {
 
 // -------------------------------------------------------------------------- GEMM forward
 
-// w: NCHW (groups, Og, K) = weight as stored; NHWC (groups, K, Og) with K ordered (kh, kw, c).
+// w: gemm_weight's layout.
 template <typename T>
 void gemm_fwd(const Shape& s, const acc_t<T>* x, const acc_t<T>* w, const acc_t<T>* b,
               const T* res, Act act, T* out, T* z) {
   using A = acc_t<T>;
-  const int64_t Og = s.Og(), Cg = s.Cg(), K = s.K(), OHW = s.OHW(), HW = s.HW();
-  const bool pointwise = s.pointwise();
+  const int64_t Og = s.Og(), K = s.K(), OHW = s.OHW(), HW = s.HW();
   const int64_t block = position_block(s, sizeof(A));
   const int64_t blocks = (OHW + block - 1) / block;
   // Outputs past the last-level cache go straight to memory (memory.h).
@@ -196,34 +235,20 @@ void gemm_fwd(const Shape& s, const acc_t<T>* x, const acc_t<T>* w, const acc_t<
   const bool stream = use_streaming_stores(s.N * s.C * HW * int64_t(sizeof(A)) +
                                            out_bytes * (1 + (z != nullptr) + (res != nullptr)));
   at::parallel_for(0, s.N * s.groups * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> col(pointwise ? 0 : K * block), acc(Og * block);
+    std::vector<A> col(s.pointwise() ? 0 : K * block), acc(Og * block);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t blk = task % blocks, ng = task / blocks, g = ng % s.groups, n = ng / s.groups;
       const int64_t m0 = blk * block, m = std::min(block, OHW - m0);
+      conv_tile(s, x, w, n, g, m0, m, col.data(), acc.data());
       with_act(act, [&](auto a) {
         constexpr Act kAct = decltype(a)::value;
         if (!s.channels_last) {
-          const A* xg = x + (n * s.C + g * Cg) * HW;
-          const A* rhs = xg + m0;
-          int64_t ld = HW;
-          if (!pointwise) {
-            im2col_nchw(s, xg, m0, m, col.data());
-            rhs = col.data(), ld = m;
-          }
-          matmul(Og, m, K, w + g * Og * K, K, rhs, ld, acc.data(), m, /*accumulate=*/false);
           for (int64_t o = 0; o < Og; ++o) {
             const int64_t oc = g * Og + o, off = (n * s.O + oc) * OHW + m0;
             epilogue<kAct>(acc.data() + o * m, m, b ? b[oc] : A(0), (const A*)nullptr,
                            res ? res + off : nullptr, out + off, z ? z + off : nullptr, stream);
           }
         } else {
-          const A* lhs = x + (n * HW + m0) * s.C + g * Cg;
-          int64_t ld = s.C;
-          if (!pointwise) {
-            im2col_nhwc(s, x + n * HW * s.C, g, m0, m, col.data());
-            lhs = col.data(), ld = K;
-          }
-          matmul(m, Og, K, lhs, ld, w + g * K * Og, Og, acc.data(), Og, /*accumulate=*/false);
           for (int64_t p = 0; p < m; ++p) {
             const int64_t off = (n * OHW + m0 + p) * s.O + g * Og;
             epilogue<kAct>(acc.data() + p * Og, Og, A(0), b ? b + g * Og : nullptr,
@@ -270,11 +295,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_fwd_cpu(const at::Tensor& x, const at:
     depthwise_fwd(s, xa, wa, b, res, act, out, z);
     return {out, z};
   }
-  // NHWC multiplies by W_g^T with K ordered (kh, kw, c): (groups, KH, KW, Cg, Og).
-  const at::Tensor w = s.channels_last ? wa.view({s.groups, s.Og(), s.Cg(), s.KH, s.KW})
-                                             .permute({0, 3, 4, 2, 1})
-                                             .contiguous()
-                                       : wa;
+  const at::Tensor w = gemm_weight(s, wa);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     using A = acc_t<scalar_t>;
     gemm_fwd<scalar_t>(s, xa.const_data_ptr<A>(), w.const_data_ptr<A>(),

@@ -253,6 +253,17 @@ void im2col_nhwc(const Shape& s, const A* x_img, int64_t g, int64_t m0, int64_t 
 // Output positions per GEMM task: the col tile near 256 KB, and enough tasks for the team.
 int64_t position_block(const Shape& s, int64_t elem_bytes);
 
+// The convolution (no epilogue) of output positions [m0, m0 + m) of image n, group g, as one
+// GEMM: NCHW acc (Og x m), NHWC acc (m x Og), fp32/fp64 (x: accumulation dtype, contiguous in
+// s's layout; w: gemm_weight's layout). col: scratch of K * m (unused for pointwise()). The
+// caller runs matmul_release() before its parallel task ends. conv.cpp.
+template <typename A>
+void conv_tile(const Shape& s, const A* x, const A* w, int64_t n, int64_t g, int64_t m0,
+               int64_t m, A* col, A* acc);
+// weight (O, Cg, KH, KW), accumulation dtype, contiguous, in the layout conv_tile reads: as is
+// for NCHW; (groups, KH, KW, Cg, Og) for NHWC. conv.cpp.
+at::Tensor gemm_weight(const Shape& s, const at::Tensor& wa);
+
 // ----------------------------------------------------------------- depthwise staging (NCHW)
 
 // The depthwise NCHW kernels (conv_depthwise*.cpp) work on one channel plane at a time through
@@ -308,6 +319,42 @@ inline void stage_rows(const Shape& s, const Staging& st, const A* plane, int64_
 }
 
 // ------------------------------------------------------------------ kernels across files
+
+// The depthwise weights as the NHWC kernels read them, from (O, taps) in the accumulation type:
+// `generic` (mult, taps, C) for dw_pixel_nhwc; `packed` (C / kV, taps, kV) -- the taps of one
+// vector of channels side by side -- for dw_interior_nhwc (only for multiplier 1 and C a
+// multiple of kV; undefined otherwise). Packed, one vector's 9 weights fill 5 cache lines; laid
+// out (taps, C) with C = 256 they would sit 1 KB apart, in the same few L1 sets as the input
+// pixels the kernel reads (also 1 KB apart), and evict them.
+struct NhwcWeights {
+  at::Tensor generic, packed;
+
+  NhwcWeights(const Shape& s, const void* w, at::ScalarType type, int64_t kV) {
+    const at::Tensor wt = at::from_blob(const_cast<void*>(w), {s.O, s.taps()},
+                                        at::TensorOptions().dtype(type));
+    generic = wt.reshape({s.C, s.O / s.C, s.taps()}).permute({1, 2, 0}).contiguous();
+    if (s.O == s.C && s.C % kV == 0)
+      packed = wt.reshape({s.C / kV, kV, s.taps()}).permute({0, 2, 1}).contiguous();
+  }
+  template <typename A>
+  const A* generic_ptr() const { return generic.const_data_ptr<A>(); }
+  template <typename A>
+  const A* packed_ptr() const { return packed.defined() ? packed.const_data_ptr<A>() : nullptr; }
+};
+
+// The depthwise convolution (s.depthwise(); no bias or epilogue) of output rows [r0, r1) for
+// callers that fuse their own epilogue (conv_pool.cpp). conv_depthwise.cpp.
+// NCHW: one output channel from one channel's rows staged in buf (first padded row prow0; see
+// Staging / stage_rows); w its taps (KH x KW); dst ((r1 - r0) x OW).
+template <typename A>
+void depthwise_rows_nchw(const Shape& s, const Staging& st, const A* buf, int64_t prow0,
+                         int64_t r0, int64_t r1, const A* w, A* dst);
+// NHWC: all O channels of image x_img (H x W x C) into dst ((r1 - r0) x OW x O). Scratch: xs and
+// ws (taps pointers each), tmp (C values; may be null when O == C).
+template <typename A>
+void depthwise_rows_nhwc(const Shape& s, const A* x_img, const NhwcWeights& nw, int64_t r0,
+                         int64_t r1, A* dst, const A** xs, const A** ws, A* tmp);
+
 
 // The depthwise forward (s.depthwise()): out = act(conv + bias + res), z stored when defined.
 // x: accumulation dtype, contiguous in s's layout; w: (O, 1, KH, KW) accumulation dtype,

@@ -292,28 +292,6 @@ void dw_rows_nhwc(const Shape& s, const A* x_img, const A* w_t, const A* w_pack,
   }
 }
 
-// The depthwise weights as the NHWC kernels read them, from (O, taps) in the accumulation type:
-// `generic` (mult, taps, C) for dw_pixel_nhwc; `packed` (C / kV, taps, kV) -- the taps of one
-// vector of channels side by side -- for dw_interior_nhwc (only for multiplier 1 and C a
-// multiple of kV; undefined otherwise). Packed, one vector's 9 weights fill 5 cache lines; laid
-// out (taps, C) with C = 256 they would sit 1 KB apart, in the same few L1 sets as the input
-// pixels the kernel reads (also 1 KB apart), and evict them.
-struct NhwcWeights {
-  at::Tensor generic, packed;
-
-  NhwcWeights(const Shape& s, const void* w, at::ScalarType type, int64_t kV) {
-    const at::Tensor wt = at::from_blob(const_cast<void*>(w), {s.O, s.taps()},
-                                        at::TensorOptions().dtype(type));
-    generic = wt.reshape({s.C, s.O / s.C, s.taps()}).permute({1, 2, 0}).contiguous();
-    if (s.O == s.C && s.C % kV == 0)
-      packed = wt.reshape({s.C / kV, kV, s.taps()}).permute({0, 2, 1}).contiguous();
-  }
-  template <typename A>
-  const A* generic_ptr() const { return generic.const_data_ptr<A>(); }
-  template <typename A>
-  const A* packed_ptr() const { return packed.defined() ? packed.const_data_ptr<A>() : nullptr; }
-};
-
 // Rows of output per task: about `target` outputs per channel, and enough tasks for the team.
 int64_t rows_per_task(const Shape& s, int64_t target, int64_t other_tasks) {
   int64_t rows = std::max<int64_t>(1, std::min(s.OH, target / std::max<int64_t>(s.OW, 1)));
@@ -403,6 +381,27 @@ void depthwise_fwd(const Shape& s, const at::Tensor& x, const at::Tensor& w,
                                                           : nullptr);
   });
 }
+
+template <typename A>
+void depthwise_rows_nchw(const Shape& s, const Staging& st, const A* buf, int64_t prow0,
+                         int64_t r0, int64_t r1, const A* w, A* dst) {
+  pick_nchw<A>(s)(s, st, buf, prow0, r0, r1, w, dst);
+}
+
+template <typename A>
+void depthwise_rows_nhwc(const Shape& s, const A* x_img, const NhwcWeights& nw, int64_t r0,
+                         int64_t r1, A* dst, const A** xs, const A** ws, A* tmp) {
+  dw_rows_nhwc(s, x_img, nw.generic_ptr<A>(), nw.packed_ptr<A>(), r0, r1, dst, s.O, xs, ws, tmp);
+}
+
+#define LEEDL_DW_ROWS(A)                                                                       \
+  template void depthwise_rows_nchw<A>(const Shape&, const Staging&, const A*, int64_t,        \
+                                       int64_t, int64_t, const A*, A*);                        \
+  template void depthwise_rows_nhwc<A>(const Shape&, const A*, const NhwcWeights&, int64_t,    \
+                                       int64_t, A*, const A**, const A**, A*);
+LEEDL_DW_ROWS(float)
+LEEDL_DW_ROWS(double)
+#undef LEEDL_DW_ROWS
 
 namespace {
 
