@@ -321,6 +321,123 @@ def test_separable_empty_batch():
     assert out.shape == (0, 5, 9, 11)
 
 
+# ------------------------------------------------------------------------ conv -> pool fused
+
+POOL_CASES = {  # conv outputs: odd (7 x 9, 9 x 7, 3 x 6) and several bands per image
+    "3x3": CASES["3x3"],
+    "stride2_groups2_31x33": CASES["stride2_groups2_31x33"],
+    "depthwise": (2, 6, 7, 9, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6),
+    "depthwise_mult2_asym": CASES["depthwise_mult2_asym"],
+    "depthwise_31x33": CASES["depthwise_31x33"],
+    "pointwise": CASES["pointwise"],
+    "5x5": CASES["5x5"],
+    "groups3_45x50": (2, 12, 45, 50, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 3),
+    "bands_64x61": (1, 16, 64, 61, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "depthwise_bands_mult2": (1, 2, 40, 41, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "depthwise_bands_5x5_stride2": (1, 2, 40, 41, 2, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 2),
+}
+
+
+def pool_fwd(x, w, b, conv, pool, k):
+    return ops.conv2d_pool_fwd(x, w, b, *conv, pool, k)
+
+
+def pool_reference(x, w, b, conv, pool, k):
+    return getattr(ref, f"{pool}_pool2d")(reference(x, w, b, None, conv), k)
+
+
+def pooled_shape(case, k):
+    n, c, h, w, o, ks, stride, pad, dil, groups = case
+    _, _, oh, ow = out_shape(n, h, w, o, ks, stride, pad, dil)
+    return (n, o, oh // k, ow // k)
+
+
+@pytest.mark.parametrize("kind", ["nchw", "cl", "sliced"])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("name", list(POOL_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pool_shapes(name, pool, k, kind, dtype):
+    case = POOL_CASES[name]
+    i = list(POOL_CASES).index(name) + k
+    x, w, b, _, conv = make(case, dtype, ACTS[i % 4], i % 2 == 0, False, kind)
+    out = pool_fwd(x, w, b, conv, pool, k)
+    assert out.dtype == dtype and out.shape == pooled_shape(case, k)
+    assert out.is_contiguous(memory_format=expected_format(x))
+    assert_near(out, pool_reference(x, w, b, conv, pool, k), TOL[dtype])
+
+
+@pytest.mark.parametrize("kind", ["nchw", "cl"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("name", ["3x3", "depthwise_mult2_asym", "depthwise_31x33"])
+def test_pool_epilogues(act, bias, pool, kind, name):
+    x, w, b, _, conv = make(POOL_CASES[name], torch.float32, act, bias, False, kind)
+    for k in (2, 3):
+        assert_near(pool_fwd(x, w, b, conv, pool, k), pool_reference(x, w, b, conv, pool, k),
+                    TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name,act,kind,pool,k", [
+    ("3x3", "gelu", "nchw", "max", 2),
+    ("stride2_groups2_31x33", "none", "cl", "avg", 3),
+    ("depthwise_mult2_asym", "silu", "cl", "max", 3),
+    ("depthwise_31x33", "relu", "nchw", "avg", 2),
+    ("pointwise", "relu", "cl", "avg", 2),
+])
+def test_pool_half_precision(dtype, name, act, kind, pool, k):
+    x, w, b, _, conv = make(POOL_CASES[name], dtype, act, True, False, kind)
+    out = pool_fwd(x, w, b, conv, pool, k)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=expected_format(x))
+    exp = pool_reference(x, w, b, conv, pool, k)
+    torch_pool = F.max_pool2d if pool == "max" else F.avg_pool2d
+    theirs = (torch_pool(torch_conv(x, w, b, None, conv), k).double() - exp).abs().max().item()
+    ours = (out.double() - exp).abs().max().item()
+    assert ours <= 2 * theirs + torch.finfo(dtype).eps * scale_of(exp), (ours, theirs)
+
+
+@pytest.mark.parametrize("kind", ["nchw", "cl"])
+@pytest.mark.parametrize("name", ["3x3", "depthwise", "pointwise"])
+def test_pool_empty_batch_and_nan(name, kind):
+    case = POOL_CASES[name]
+    x, w, b, _, conv = make((0,) + case[1:], torch.float32, "relu", True, False, kind)
+    out = pool_fwd(x, w, b, conv, "max", 2)
+    assert out.shape == pooled_shape((0,) + case[1:], 2)
+    assert out.is_contiguous(memory_format=expected_format(x))
+    # max pooling propagates NaN, as torch's does.
+    x, w, b, _, conv = make(case, torch.float32, "relu", True, False, kind)
+    x[0, 0, 3, 4] = float("nan")
+    want = F.max_pool2d(torch_conv(x, w, b, None, conv), 2)
+    torch.testing.assert_close(pool_fwd(x, w, b, conv, "max", 2), want, equal_nan=True,
+                               rtol=1e-5, atol=1e-5)
+
+
+def pool_args(**over):
+    args = {"x": torch.randn(2, 4, 7, 9), "weight": torch.randn(6, 4, 3, 3), "bias": None,
+            "stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 1,
+            "activation": "relu", "pool": "max", "pool_size": 2}
+    args.update(over)
+    return list(args.values())
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"pool": "min"}, "pool must be"),
+    ({"pool_size": 4}, "pool_size must be 2 or 3"),
+    ({"pool_size": 1}, "pool_size must be 2 or 3"),
+    ({"padding": [0, 0, 0, 0], "x": torch.randn(2, 4, 4, 9), "pool_size": 3},
+     "smaller than the 3 x 3 pooling window"),
+    ({"bias": torch.randn(5)}, "bias"),
+    ({"weight": torch.randn(6, 3, 3, 3)}, "channels"),
+    ({"activation": "tanh"}, "activation"),
+    ({"x": torch.randint(0, 5, (2, 4, 7, 9))}, "float"),
+])
+def test_bad_input_pool(over, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.conv2d_pool_fwd(*pool_args(**over))
+
+
 # ---------------------------------------------------------------------------------- opcheck
 
 def test_opcheck_conv2d():
@@ -341,6 +458,15 @@ def test_opcheck_separable():
         x, dw, dwb, pw, pwb, geo = make_separable(SEPARABLE[1], torch.float32, kind)
         torch.library.opcheck(ops.separable_conv2d_fwd.default,
                               (x, dw, dwb, "relu", pw, pwb, "gelu", *geo))
+
+
+def test_opcheck_pool():
+    for name, kind, act, pool, k in (("3x3", "nchw", "gelu", "max", 2),
+                                     ("depthwise_mult2_asym", "cl", "relu", "avg", 3),
+                                     ("depthwise", "nchw", "silu", "avg", 2),
+                                     ("pointwise", "cl", "none", "max", 3)):
+        x, w, b, _, conv = make(POOL_CASES[name], torch.float32, act, True, False, kind)
+        torch.library.opcheck(ops.conv2d_pool_fwd.default, (x, w, b, *conv, pool, k))
 
 
 # ------------------------------------------------------------------------------- bad input
