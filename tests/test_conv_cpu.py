@@ -347,7 +347,7 @@ def pool_reference(x, w, b, conv, pool, k):
 
 
 def pooled_shape(case, k):
-    n, c, h, w, o, ks, stride, pad, dil, groups = case
+    n, _, h, w, o, ks, stride, pad, dil, _ = case
     _, _, oh, ow = out_shape(n, h, w, o, ks, stride, pad, dil)
     return (n, o, oh // k, ow // k)
 
