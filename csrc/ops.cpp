@@ -89,6 +89,31 @@ TORCH_LIBRARY(leedl_fast, m) {
   m.def("separable_conv2d_fwd(Tensor x, Tensor dw_weight, Tensor? dw_bias, str dw_activation,"
         " Tensor pw_weight, Tensor? pw_bias, str activation, int[2] stride, int[4] padding,"
         " int[2] dilation) -> Tensor");
+
+  // --- quantized matmul (docs/quant.md) ---
+  // y = x W^T + bias with W (N, K) stored quantized; x (M, K) float16/bfloat16/float32
+  // (the glue flattens leading dims), y (M, N) in x's dtype, bias (N,) in x's dtype.
+  // Scales, zeros and tables are float32. Kernels never materialize the float weight.
+  //
+  // int8 weight-only, per output channel, symmetric: W[n, k] = qweight[n, k] * scales[n],
+  // qweight int8 (N, K), scales (N,).
+  m.def("int8_weight_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor");
+  // int4 weight-only, group-wise asymmetric: q in [0, 15], W[n, k] = (q[n, k] - zeros[n, g]) *
+  // scales[n, g] with g = k / group_size; packed uint8 (N, K / 2): byte j of row n holds
+  // q[n, 2j] in its low nibble and q[n, 2j + 1] in its high nibble; scales and zeros
+  // (N, K / group_size). K is a multiple of group_size, group_size a multiple of 2.
+  m.def("int4_weight_linear(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group_size,"
+        " Tensor? bias) -> Tensor");
+  // int8 dynamic: each row of x is quantized on the fly, sx[m] = max_k |x[m, k]| / 127,
+  // xq = round(x / sx) (ties to even) in int8; acc = xq qweight^T exactly in int32;
+  // y = acc * sx[m] * scales[n] + bias. qweight int8 (N, K), scales (N,) as above.
+  m.def("int8_dynamic_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor");
+  // Codebook (the book's weight clustering, §17.3): W[n, k] = table[idx[n, k]], idx in
+  // [0, 2^bits), bits in {1, 2, 3, 4}; packed uint8 (N, ceil(K * bits / 8)): the index of
+  // W[n, k] is bits [k * bits, (k + 1) * bits) of row n's byte string, least significant bit
+  // first (bit i of the string is bit i % 8 of byte i / 8); table (2^bits,) float32.
+  m.def("codebook_linear(Tensor x, Tensor packed, Tensor table, int bits, int in_features,"
+        " Tensor? bias) -> Tensor");
 }
 
 // Importable as a Python module so `import leedl_fast._C` loads the registrations above.

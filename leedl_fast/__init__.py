@@ -11,13 +11,14 @@ from . import _C  # noqa: F401  (registers the op schemas and the C++ CPU kernel
 from ._backend import BACKENDS, available_backends, backend, forced_backend
 from ._ops import attention as _attention_ops  # noqa: F401  (fake, GPU, autograd)
 from ._ops import conv as _conv_ops  # noqa: F401  (fake, GPU, autograd)
+from ._ops import quant as _quant_ops  # noqa: F401  (fake, GPU, autograd)
 from ._ops import norm as _norm_ops  # noqa: F401  (fake, GPU and autograd registrations)
 from ._ops import rnn as _rnn_ops  # noqa: F401  (fake and autograd registrations)
 from ._ops import rnn_gpu as _rnn_gpu_ops  # noqa: F401
-from . import functional, nn  # noqa: E402
+from . import functional, nn, quant  # noqa: E402
 from .accelerate import accelerate  # noqa: E402
 from .nn.conv import fold_batchnorm  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["BACKENDS", "available_backends", "backend", "forced_backend", "functional", "nn",
-           "accelerate", "fold_batchnorm"]
+           "accelerate", "fold_batchnorm", "quant"]
