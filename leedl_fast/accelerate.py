@@ -46,18 +46,32 @@ def _pool_of(module):
     return kind, k
 
 
-def _fold_sequential(seq):
+def _slot_counts(model):
+    """id(module) -> how many child slots of the model's (distinct) modules hold it: more than
+    one means the module runs in several places, and folding a BN into it would change them all."""
+    counts = {}
+    for module in model.modules():
+        for child in module._modules.values():
+            if child is not None:
+                counts[id(child)] = counts.get(id(child), 0) + 1
+    return counts
+
+
+def _fold_sequential(seq, slot_counts=None):
     """In an eval-mode nn.Sequential, Conv2d -> BatchNorm2d [-> ReLU/GELU/SiLU [-> MaxPool2d /
     AvgPool2d (2 or 3)]] becomes one Conv2d with the BN folded into its weight and bias
     (fold_batchnorm) and the activation and pooling in its epilogue; the folded modules become
     Identity (indices, and so state_dict keys of the other children, are kept). Only where every module involved is in eval mode: the fold
-    is exact for BN's running statistics, which training would not use."""
+    is exact for BN's running statistics, which training would not use. A conv that also runs
+    elsewhere (the same module in another slot, per slot_counts) is left alone."""
     children = list(seq.children())
     for i, conv in enumerate(children[:-1]):
         bn = children[i + 1]
         if not (type(conv) is lf_nn.Conv2d and type(bn) is torch.nn.BatchNorm2d):
             continue
         if conv.training or bn.training or bn.running_mean is None or conv.activation:
+            continue
+        if slot_counts is not None and slot_counts.get(id(conv), 1) > 1:
             continue
         weight, bias = lf_nn.fold_batchnorm(conv, bn)
         conv.weight = torch.nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
@@ -114,7 +128,8 @@ def accelerate(model):
             new = rebuild(child) if rebuild else None
             if new is not None:
                 setattr(module, name, new)
+    slot_counts = _slot_counts(model)
     for module in list(model.modules()):
         if type(module) is torch.nn.Sequential:
-            _fold_sequential(module)
+            _fold_sequential(module, slot_counts)
     return model

@@ -206,6 +206,37 @@ def test_accelerate_folds_conv_bn_act_in_eval_only():
     assert type(trained[1]) is torch.nn.BatchNorm2d and trained[0].activation is None
 
 
+
+def _bn(channels):
+    bn = torch.nn.BatchNorm2d(channels).double()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    return bn
+
+
+@pytest.mark.parametrize("layout", ["same-sequential", "two-sequentials", "two-bns"])
+def test_accelerate_leaves_a_shared_conv_unfolded(layout):
+    """A conv module that runs in two places must not take the BN of one of them: folding would
+    scale its weights for the other use too."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1).double()
+    relu = torch.nn.ReLU
+    if layout == "same-sequential":
+        model = torch.nn.Sequential(conv, _bn(4), relu(), conv, relu())
+    elif layout == "two-sequentials":
+        model = torch.nn.Sequential(torch.nn.Sequential(conv, _bn(4)),
+                                    torch.nn.Sequential(conv, relu()))
+    else:
+        model = torch.nn.Sequential(conv, _bn(4), relu(), conv, _bn(4))
+    model.eval()
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+        got = leedl_fast.accelerate(model)(x)
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("pool", [("max", 2), ("avg", 2), ("max", 3), ("avg", 3)])
 @pytest.mark.parametrize("groups", [1, 4])
