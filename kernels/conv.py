@@ -77,13 +77,18 @@ def pool_window(pool_k):
 def _activate(z, ACT: tl.constexpr):
     """act(z): 0 none, 1 relu, 2 gelu (exact: z * Phi(z), with erf), 3 silu (z * sigmoid z)."""
     y = z
-    if ACT == 1:
-        y = tl.maximum(z, 0.0)
+    if ACT == 1:  # NaN stays NaN, as torch.relu (the default maximum is maxnum: NaN -> 0)
+        y = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 2:
         y = 0.5 * z * (1.0 + tl.math.erf(z * _SQRT1_2))
     elif ACT == 3:
         y = z / (1.0 + tl.exp(-z))  # exp overflow for z << 0 gives z / inf = -0, no NaN
     return y
+
+
+@triton.jit
+def _max_propagate_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -164,9 +169,9 @@ def _pool_epilogue(acc, m_ok, o, o_ok, pid_m, N, OH, OW, BIAS, OUT, son, soc, so
     if HAS_BIAS:
         z += tl.load(BIAS + o, mask=o_ok, other=0.0).to(acc.dtype)[None, :]
     y = _activate(z, ACT)
-    if POOL == 1:
+    if POOL == 1:  # a NaN in a window gives NaN, as torch's max_pool2d (tl.max drops NaNs)
         y = tl.where(m_ok[:, None], y, float("-inf"))
-        pooled = tl.max(tl.reshape(y, (BLOCK_P, WIN, BLOCK_N)), axis=1)
+        pooled = tl.reduce(tl.reshape(y, (BLOCK_P, WIN, BLOCK_N)), 1, _max_propagate_nan)
     else:
         y = tl.where(m_ok[:, None], y, 0.0)
         pooled = tl.sum(tl.reshape(y, (BLOCK_P, WIN, BLOCK_N)), axis=1) / (POOL_K * POOL_K)

@@ -383,6 +383,65 @@ def test_conv2d_pool_edges():
     assert out.shape == (0, 4, 2, 2)
 
 
+@pytest.mark.parametrize("depthwise", [False, True], ids=["gemm", "depthwise"])
+def test_nan_propagates_through_relu_and_max_pool(depthwise):
+    """A NaN input gives NaN outputs wherever it reaches, as torch's relu and max_pool2d: Triton's
+    default tl.maximum / tl.max lower to maxnum, which returns the other operand (relu(NaN) = 0,
+    a max window with a NaN took its largest number). The interpreter's tl.max drops NaNs too."""
+    c, o, groups = (4, 4, 4) if depthwise else (3, 5, 1)
+    (x, w, b, _), geometry = make_conv(2, c, 8, 9, o, 3, groups=groups, padding=(1, 1, 1, 1))
+    x[0, 1, 4, 4] = float("nan")
+    x[1, 0, 2, 6] = float("inf")
+    y = F.conv2d(x, w, b, 1, 1, 1, groups)
+    out, _ = kernels.conv2d_fwd(x, w, b, None, *geometry, "relu")
+    assert torch.equal(out.isnan(), F.relu(y).isnan())
+    for size in (2, 3):
+        pooled = kernels.conv2d_pool_fwd(x, w, b, *geometry, "relu", "max", size)
+        want = F.max_pool2d(F.relu(y), size)
+        assert want.isnan().any()
+        assert torch.equal(pooled.isnan(), want.isnan()), size
+        ok = ~want.isnan()
+        assert torch.allclose(pooled[ok], want[ok], rtol=1e-4, atol=1e-4)
+
+
+_NAN_COMPILE_CHECK = """
+import re, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from leedl_fast.kernels import conv
+
+@triton.jit
+def relu_and_max(X, Y, Z):
+    x = tl.load(X + tl.arange(0, 64))
+    tl.store(Y + tl.arange(0, 64), conv._activate(x, 1))
+    tl.store(Z, tl.reduce(x, 0, conv._max_propagate_nan))
+
+src = ASTSource(relu_and_max, signature={"X": "*fp32", "Y": "*fp32", "Z": "*fp32"})
+ttir = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ttir"]
+print(sorted(set(re.findall(r"arith\\.max\\w*f", ttir))))
+"""
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="the compile check runs beside the interpreter")
+def test_relu_and_max_pool_keep_nan_when_compiled(tmp_path):
+    """The GPU half of the test above, without a GPU: compiled for sm_90, the epilogue's relu and
+    the max pool's reduction must lower to arith.maximumf (NaN-propagating; PTX max.NaN.f32),
+    never arith.maxnumf (PTX max.f32). A child process: this one runs the interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="no NVIDIA Triton backend")
+    script = tmp_path / "nan_check.py"
+    script.write_text(_NAN_COMPILE_CHECK)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "['arith.maximumf']", proc.stdout
+
+
 def check_pool_half(inputs, geometry, act, pool, size, factor=2.0):
     """fp16/bf16: error vs float64 at most factor x torch's own (its conv, activation and
     pooling in the dtype), plus one ulp of the output's scale for ties at tiny sizes."""
