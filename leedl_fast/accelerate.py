@@ -64,7 +64,7 @@ def _fold_sequential(seq, slot_counts=None):
     Identity (indices, and so state_dict keys of the other children, are kept). Only where every module involved is in eval mode: the fold
     is exact for BN's running statistics, which training would not use. A conv that also runs
     elsewhere (the same module in another slot, per slot_counts) is left alone."""
-    children = list(seq.children())
+    children = list(seq)  # not seq.children(): it skips repeats, and the indices are seq's
     for i, conv in enumerate(children[:-1]):
         bn = children[i + 1]
         if not (type(conv) is lf_nn.Conv2d and type(bn) is torch.nn.BatchNorm2d):

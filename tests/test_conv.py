@@ -237,6 +237,28 @@ def test_accelerate_leaves_a_shared_conv_unfolded(layout):
     torch.testing.assert_close(got, want)
 
 
+
+def test_accelerate_folds_by_sequential_index_with_a_repeated_module():
+    """One activation module used twice (a common pattern): Sequential.children() lists it once,
+    so its positions are not the Sequential's indices; the fold must replace the BN, act and
+    pool at their real indices (it used to turn the second conv into an Identity)."""
+    torch.manual_seed(0)
+    act = torch.nn.ReLU()
+    model = torch.nn.Sequential(act, torch.nn.Conv2d(3, 4, 3, padding=1), _bn(4), act,
+                                torch.nn.Conv2d(4, 5, 3, padding=1), _bn(5), torch.nn.SiLU(),
+                                torch.nn.MaxPool2d(2)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+        model = leedl_fast.accelerate(model)
+        got = model(x)
+    assert [type(m).__name__ for m in model] == ["ReLU", "Conv2d", "Identity", "Identity",
+                                                 "Conv2d", "Identity", "Identity", "Identity"]
+    assert model[1].activation == "relu" and model[4].activation == "silu"
+    assert model[4].pool == ("max", 2)
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("pool", [("max", 2), ("avg", 2), ("max", 3), ("avg", 3)])
 @pytest.mark.parametrize("groups", [1, 4])
