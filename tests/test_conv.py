@@ -182,6 +182,23 @@ def test_separable_from_modules_matches_torch_eval_block():
         torch.testing.assert_close(ours(x), torch_block(x))
 
 
+@pytest.mark.parametrize("depthwise, pointwise", [
+    (dict(padding_mode="reflect"), {}),
+    ({}, dict(padding=1)),
+    ({}, dict(stride=2)),
+    ({}, dict(kernel_size=3, padding=1)),
+    ({}, dict(groups=2)),
+], ids=["dw-reflect", "pw-padding", "pw-stride", "pw-3x3", "pw-groups"])
+def test_separable_from_modules_rejects_what_the_block_cannot_run(depthwise, pointwise):
+    """The fused block pads with zeros and its pointwise conv is a plain 1 x 1: anything else
+    gave a silently different result (reflect padding, a padded or strided pointwise conv) or an
+    unrelated shape error."""
+    dw = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4, **depthwise)
+    pw = torch.nn.Conv2d(4, 6, **{"kernel_size": 1, **pointwise})
+    with pytest.raises(ValueError, match="from_modules"):
+        leedl_fast.nn.DepthwiseSeparableConv2d.from_modules(dw, None, pw, None)
+
+
 def test_accelerate_folds_conv_bn_act_in_eval_only():
     def make():
         torch.manual_seed(1)

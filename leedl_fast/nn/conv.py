@@ -92,6 +92,15 @@ class DepthwiseSeparableConv2d(torch.nn.Module):
                 depthwise.in_channels:
             raise ValueError("from_modules: `depthwise` must have groups == in_channels == "
                              "out_channels")
+        if depthwise.padding_mode != "zeros":
+            raise ValueError(f"from_modules: `depthwise` must pad with zeros (the fused block "
+                             f"does), got padding_mode={depthwise.padding_mode!r}")
+        if (tuple(pointwise.kernel_size), tuple(pointwise.stride), pointwise.groups) != (
+                (1, 1), (1, 1), 1) or pointwise.padding not in ((0, 0), "valid", "same") or \
+                pointwise.in_channels != depthwise.out_channels:
+            raise ValueError(f"from_modules: `pointwise` must be a 1 x 1 conv with stride 1, no "
+                             f"padding, groups 1 and {depthwise.out_channels} in_channels, got "
+                             f"{pointwise!r}")
         block = cls(depthwise.in_channels, pointwise.out_channels, depthwise.kernel_size,
                     depthwise.stride, depthwise.padding, True, activation,
                     device=depthwise.weight.device, dtype=depthwise.weight.dtype)
