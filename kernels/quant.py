@@ -162,7 +162,7 @@ def splitk_sum_kernel(PART, SCALES, BIAS, Y, M, N, SPLIT_K, SCALE_N: tl.constexp
     offs = rows[:, None] * N + n[None, :]
     mask = (rows < M)[:, None] & (n < N)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for s in range(0, SPLIT_K):
+    for s in range(SPLIT_K):
         acc += tl.load(PART + s * M * N + offs, mask=mask, other=0.0)
     _store_output(acc, rows, n, M, N, SCALES, BIAS, Y, SCALE_N, HAS_BIAS)
 
@@ -285,7 +285,9 @@ def gemv_config(m, fmt, group_size, is_cuda=True):
     BLOCK_K = GEMV_TILE weights per step (BLOCK_K 128, or int4's group), all M rows."""
     block_k, group_tile = k_tile(128 if is_cuda else 64, fmt, group_size, 8)
     tile = GEMV_TILE if is_cuda else 1024
-    return _pow2(m), max(8, tile // block_k), block_k, group_tile, 4
+    block_m = _pow2(m)
+    # 8 warps from 8 rows: at 4 warps ptxas spills a few bytes (fp32 codebook, 16 rows)
+    return block_m, max(8, tile // block_k), block_k, group_tile, 8 if block_m >= 8 else 4
 
 
 def matmul_config(dtype, fmt, group_size, is_cuda=True):
@@ -293,11 +295,13 @@ def matmul_config(dtype, fmt, group_size, is_cuda=True):
     sized with tests/test_compile_checks.py (no spills on sm_90 / sm_80)."""
     if not is_cuda:
         block_m, block_n, block_k, warps, stages = 32, 32, 32, 4, 1
-    elif dtype == torch.float32:  # ieee dots: FMA tiles
-        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 2
+    elif dtype == torch.float32:  # ieee dots: FMA tiles (64 x 64 spills, even at 8 warps)
+        block_m, block_n, block_k, warps, stages = 32, 64, 16, 4, 2
     else:
         block_m, block_n, block_k, warps, stages = 64, 128, 64, 4, 3
     block_k, group_tile = k_tile(block_k, fmt, group_size, 16)
+    if fmt == INT4 and not group_tile and is_cuda:
+        stages = 2  # per-element scales and zeros are pipelined too: 3 stages take 172 KB
     return block_m, block_n, block_k, group_tile, warps, stages
 
 
@@ -340,7 +344,7 @@ def _weight_only(x, fmt, w, scales, zeros, table, k, bits, group_size, bias):
         return y.copy_(bias.expand(m, n)) if bias is not None else y.zero_()
     has_bias = bias is not None
     bias = bias if has_bias else y
-    common = dict(FORMAT=fmt, BITS=bits, HAS_BIAS=has_bias)
+    common = {"FORMAT": fmt, "BITS": bits, "HAS_BIAS": has_bias}
     if m <= GEMV_MAX_M:
         block_m, block_n, block_k, group_tile, warps = gemv_config(m, fmt, group_size, x.is_cuda)
         splits, k_split = split_k(triton.cdiv(n, block_n), k, block_k, x.is_cuda, x.device)
@@ -383,6 +387,20 @@ def codebook_linear(x, packed, table, bits, in_features, bias):
     return _weight_only(x, CODEBOOK, packed, table, table, table, in_features, bits, 1, bias)
 
 
+def quantize_rows(x):
+    """int8 dynamic's activation quantization of x (M, K): (xq int8 (M, K), sx fp32 (M,)),
+    as leedl_fast.reference.quant.quantize_rows_int8 defines it."""
+    m, k = x.shape
+    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    sx = torch.empty(m, dtype=torch.float32, device=x.device)
+    if m and k:
+        block_k, warps = quantize_rows_config(k, x.is_cuda)
+        quantize_rows_kernel[(m,)](x, xq, sx, k, BLOCK_K=block_k, num_warps=warps)
+    else:
+        sx.zero_()
+    return xq, sx
+
+
 def int8_dynamic_linear(x, qweight, scales, bias):
     """x quantized per row (int8, sx fp32), then int8 x int8 -> int32 and the scales."""
     m, k = x.shape
@@ -392,10 +410,7 @@ def int8_dynamic_linear(x, qweight, scales, bias):
         return y
     if k == 0:
         return y.copy_(bias.expand(m, n)) if bias is not None else y.zero_()
-    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
-    sx = torch.empty(m, dtype=torch.float32, device=x.device)
-    block_k, warps = quantize_rows_config(k, x.is_cuda)
-    quantize_rows_kernel[(m,)](x, xq, sx, k, BLOCK_K=block_k, num_warps=warps)
+    xq, sx = quantize_rows(x)
     block_m, block_n, block_k, warps, stages = int8_matmul_config(m, x.is_cuda)
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     int8_matmul_kernel[grid](

@@ -199,8 +199,35 @@ def _conv_backward_rows():
     return rows
 
 
+# Quantized matmul: a row's `width` is M for the GEMV / int8 kernels (the GEMV's BLOCK_M is M's
+# power of two; M = 1 is a JIT constant) and for the split-K sum, K for the row quantizer, and
+# unused by the tiled weight-only kernel (its tiles depend on dtype and format only). flags,
+# '-' joined: the weight format ("int8", "int4g<group_size>": 128 / 32 take one scale column per
+# K tile, 6 gathers scales per element; "cb<bits>" codebook) and "split" for the GEMV's split-K
+# partials. Every row has a bias; sizes as the GPU sees LLM layers (N, K multiples of 16).
+QUANT_FORMATS = ("int8", "int4g128", "int4g32", "cb2", "cb3")
+
+
+def _quant_rows():
+    gemv, tiled = "quant_gemv_kernel", "quant_matmul_kernel"
+    rows = [(gemv, dt, m, f"{f}-split", 90) for dt in DTYPES for f in QUANT_FORMATS
+            for m in (1, 16)]
+    rows += [(gemv, "bf16", 1, f, 90) for f in ("int8", "int4g128", "cb3", "int4g6-split")]
+    rows += [(gemv, "fp32", 8, f"{f}-split", 90) for f in ("int4g128", "cb2")]
+    rows += [(gemv, "bf16", m, f"{f}-split", 80) for f in QUANT_FORMATS for m in (1, 16)]
+    rows += [(tiled, dt, 64, f, 90) for dt in DTYPES for f in QUANT_FORMATS + ("int4g6",)]
+    rows += [(tiled, dt, 64, f, 80) for dt in ("bf16", "fp32") for f in QUANT_FORMATS]
+    rows += [("splitk_sum_kernel", dt, 16, f, arch) for dt in DTYPES for f in ("int8", "cb2")
+             for arch in (90, 80)]
+    rows += [("quantize_rows_kernel", dt, 4096, "", arch) for dt in DTYPES for arch in (90, 80)]
+    rows += [("int8_matmul_kernel", dt, m, "int8", arch) for dt in DTYPES for m in (1, 16, 128)
+             for arch in (90, 80)]
+    return rows
+
+
 CONFIGS = {"norm": _norm_rows(), "attention": _attention_rows(), "rnn": _rnn_rows(),
-           "conv": _conv_rows(), "conv_backward": _conv_backward_rows()}
+           "conv": _conv_rows(), "conv_backward": _conv_backward_rows(),
+           "quant": _quant_rows()}
 
 # Spills accepted on purpose, with the reason: {(kernel, case id): reason} for Triton cases and
 # {(file name, arch): reason} for nvcc. Anything else that spills fails: fix it or justify it here.
@@ -424,8 +451,62 @@ def _resolve_conv(mod, kernel, dtype, width, flags):
     return sig, consts, warps, aligned
 
 
+def _quant_format(mod, flags):
+    """(FORMAT, BITS, group_size, weight pointer type) of a quant row's format flag."""
+    fmt = flags.split("-")[0]
+    if fmt == "int8":
+        return mod.INT8, 8, 1, "*i8"
+    if fmt.startswith("int4g"):
+        return mod.INT4, 4, int(fmt[5:]), "*u8"
+    return mod.CODEBOOK, int(fmt[2:]), 1, "*u8"
+
+
+def _resolve_quant(mod, kernel, dtype, width, flags):
+    import torch
+
+    t = f"*{dtype}"
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    fn = getattr(mod, kernel)
+    if kernel == "quantize_rows_kernel":
+        block_k, warps = mod.quantize_rows_config(width)
+        return {"X": t, "XQ": "*i8", "SX": "*fp32", "K": "i32"}, {"BLOCK_K": block_k}, warps, \
+            ["X", "XQ", "SX", "K"]
+    fmt, bits, group, w_type = _quant_format(mod, flags)
+    ptrs = {"X": t, "W": w_type, "SCALES": "*fp32", "ZEROS": "*fp32", "TABLE": "*fp32",
+            "BIAS": t, "Y": t, "PART": "*fp32", "XQ": "*i8", "SX": "*fp32"}
+    sig = {a: ptrs.get(a, "i32") for a in fn.arg_names}
+    consts = {"M": 1} if width == 1 and kernel != "splitk_sum_kernel" else {}
+    if kernel == "quant_gemv_kernel":
+        block_m, block_n, block_k, group_tile, warps = mod.gemv_config(width, fmt, group)
+        consts.update(FORMAT=fmt, BITS=bits, GROUP_TILE=group_tile, HAS_BIAS=True,
+                      SPLIT=flags.endswith("split"), BLOCK_M=block_m, BLOCK_N=block_n,
+                      BLOCK_K=block_k)
+    elif kernel == "quant_matmul_kernel":
+        block_m, block_n, block_k, group_tile, warps, stages = mod.matmul_config(torch_dtype,
+                                                                                 fmt, group)
+        consts.update(FORMAT=fmt, BITS=bits, GROUP_TILE=group_tile, HAS_BIAS=True,
+                      BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
+                      DOT_PRECISION=mod.dot_precision(torch_dtype))
+        warps = {"num_warps": warps, "num_stages": stages}
+    elif kernel == "splitk_sum_kernel":
+        consts.update(SCALE_N=fmt == mod.INT8, HAS_BIAS=True, BLOCK_M=width, BLOCK_N=128)
+        warps = 4
+    elif kernel == "int8_matmul_kernel":
+        block_m, block_n, block_k, warps, stages = mod.int8_matmul_config(width)
+        consts.update(HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                      GROUP_M=8)
+        warps = {"num_warps": warps, "num_stages": stages}
+    else:
+        raise KeyError(f"no resolver for {kernel}")
+    if "GROUP" in fn.arg_names and group == 1:
+        consts["GROUP"] = 1  # int8 / codebook launches pass group_size 1: a JIT constant
+    aligned = [a for a in fn.arg_names if a in ptrs or a in ("N", "K", "W_ROW", "K_SPLIT")]
+    aligned += ["GROUP"] if group % 16 == 0 else []
+    return sig, consts, warps, [a for a in aligned if a not in consts]
+
+
 RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention, "rnn": _resolve_rnn,
-             "conv": _resolve_conv, "conv_backward": _resolve_conv}
+             "conv": _resolve_conv, "conv_backward": _resolve_conv, "quant": _resolve_quant}
 
 
 # ---------------------------------------------------------------------------------- the worker
