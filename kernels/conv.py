@@ -415,6 +415,34 @@ def separable_config(out_channels, dtype, is_cuda=True):
     return 64, _pow2_between(out_channels, 32, 128), 32, 8, 2
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def check_index_range(op, images, positions, reach=1):
+    """The kernels compute offsets inside one image in int32 (only the image's n * stride_n is
+    int64), and walk the flattened (n, h, w) positions of the batch in int32 -- a backward
+    reduction chunk's end (start + rows) reaches up to twice their count (reach=2). Past that an
+    offset would wrap and the kernel read or write outside the tensors: refuse such sizes with a
+    clear error, before anything is allocated. images: tensors (their strides count) or the
+    (N, C, H, W) shapes of the contiguous outputs; positions: the counts the kernels walk."""
+    for t in images:
+        if isinstance(t, torch.Tensor):
+            extent = 0 if t.numel() == 0 else 1 + sum(
+                (size - 1) * abs(st) for size, st in zip(t.shape[1:], t.stride()[1:]))
+            shape = tuple(t.shape)
+        else:
+            extent, shape = t[1] * t[2] * t[3], tuple(t)
+        if extent > _INT32_MAX:
+            raise ValueError(f"leedl_fast.{op}: one image of a {shape} tensor spans {extent} "
+                             f"elements; the Triton kernels index an image in int32 (at most "
+                             f"2**31 - 1): split the image or use the cpu backend")
+    for count in positions:
+        if reach * count + (1 << 16) > _INT32_MAX:
+            raise ValueError(f"leedl_fast.{op}: {count} positions (N * H * W) are too many for "
+                             f"the Triton kernels' int32 position index (at most "
+                             f"{(_INT32_MAX - (1 << 16)) // reach}): split the batch")
+
+
 def _strides4(t):
     return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
 
@@ -477,7 +505,10 @@ def conv2d_fwd(x, weight, bias, residual, stride, padding, dilation, groups, act
     memory format; z saved only for gelu/silu (else a (0,) tensor). padding (top, bottom, left,
     right). Depthwise (groups == C) runs the direct kernel, everything else the implicit GEMM."""
     oh, ow = _conv_out_hw(x, weight, stride, padding, dilation)
-    out = empty_like_format(x, (x.shape[0], weight.shape[0], oh, ow))
+    out_shape = (x.shape[0], weight.shape[0], oh, ow)
+    check_index_range("conv2d", (x, residual, out_shape) if residual is not None else
+                      (x, out_shape), (x.shape[0] * oh * ow,))
+    out = empty_like_format(x, out_shape)
     save_z = activation in SAVES_Z
     z = empty_like_format(x, out.shape) if save_z else x.new_empty(0)
     if out.numel() == 0:
@@ -495,7 +526,10 @@ def conv2d_pool_fwd(x, weight, bias, stride, padding, dilation, groups, activati
     pooling epilogue: the full-resolution activation is never written. The glue has checked
     OH, OW >= pool_size, pool in POOLS and pool_size in (2, 3)."""
     oh, ow = _conv_out_hw(x, weight, stride, padding, dilation)
-    out = empty_like_format(x, (x.shape[0], weight.shape[0], oh // pool_size, ow // pool_size))
+    out_shape = (x.shape[0], weight.shape[0], oh // pool_size, ow // pool_size)
+    check_index_range("conv2d", (x, out_shape),
+                      (out_shape[0] * out_shape[2] * out_shape[3] * pool_window(pool_size),))
+    out = empty_like_format(x, out_shape)
     if out.numel() == 0:
         return out
     _launch_fwd(x, weight, bias, None, out, x.new_empty(0), (oh, ow), stride, padding, dilation,
@@ -513,6 +547,7 @@ def separable_conv2d_fwd(x, dw_weight, dw_bias, dw_activation, pw_weight, pw_bia
     top, bottom, left, right = padding
     oh = out_size(h, kh, stride[0], top, bottom, dilation[0])
     ow = out_size(w, kw, stride[1], left, right, dilation[1])
+    check_index_range("separable_conv2d", (x, (n, o, oh, ow)), (n * oh * ow,))
     out = empty_like_format(x, (n, o, oh, ow))
     if out.numel() == 0:
         return out

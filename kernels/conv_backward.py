@@ -412,6 +412,9 @@ def conv2d_bwd(dout, x, weight, out, z, stride, padding, dilation, groups, activ
     false is a (0,) tensor. dx in x's format, dresidual (= dz) in dout's, dweight contiguous;
     dweight and dbias in weight's dtype, accumulated in fp32 (fp64 for fp64)."""
     need_dx, need_dw, need_db, need_dres = (bool(v) for v in output_mask)
+    conv.check_index_range("conv2d backward", [t for t in (dout, x, out, z) if t.dim() == 4],
+                           (x.shape[0] * x.shape[2] * x.shape[3],
+                            dout.shape[0] * dout.shape[2] * dout.shape[3]), reach=2)
     act = ACTIVATIONS[activation]
     o = weight.shape[0]
     if dout.numel() == 0 or x.numel() == 0:  # nothing flows: zero gradients

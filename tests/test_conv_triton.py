@@ -255,6 +255,41 @@ def test_dweight_is_deterministic():
         assert torch.equal(runs[0][1], runs[1][1]) and torch.equal(runs[0][2], runs[1][2])
 
 
+
+def test_int32_index_limits_raise_before_launch(monkeypatch):
+    """Offsets inside one image and the batch's position index are int32 in the kernels: sizes
+    past them raise a clear ValueError instead of wrapping into out-of-bounds reads and writes.
+    Expanded (stride-0) inputs: nothing big is allocated, and no kernel may launch."""
+    from leedl_fast.kernels import conv_backward
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel was launched past the int32 limits")
+
+    for module in (kernels, conv_backward):
+        for name in dir(module):
+            if name.endswith("_kernel"):
+                monkeypatch.setattr(module, name, NoLaunch())
+    geometry = ([1, 1], [0, 0, 0, 0], [1, 1], 1)
+    w = torch.zeros(4, 4, 1, 1, device=DEVICE)
+    one = torch.zeros(1, 1, 1, 1, device=DEVICE)
+    big_image = one.expand(1, 4, 2**15, 2**14)  # the output: 4 x 2**29 = 2**31 per image
+    with pytest.raises(ValueError, match="one image"):
+        kernels.conv2d_fwd(big_image, w, None, None, *geometry, "none")
+    with pytest.raises(ValueError, match="one image"):
+        kernels.separable_conv2d_fwd(big_image, torch.zeros(4, 1, 1, 1, device=DEVICE), None,
+                                     "none", w, None, "none", *geometry[:3])
+    many = one.expand(2**11, 4, 2**10, 2**10)  # 2**31 positions, 2**22 elements per image
+    with pytest.raises(ValueError, match="positions"):
+        kernels.conv2d_fwd(many, w, None, None, *geometry, "none")
+    with pytest.raises(ValueError, match="positions"):
+        kernels.conv2d_pool_fwd(many, w, None, *geometry, "relu", "max", 2)
+    half = one.expand(2**10, 4, 2**10, 2**10)  # 2**30: the backward's chunk ends reach 2**31
+    with pytest.raises(ValueError, match="positions"):
+        kernels.conv2d_bwd(half, half, w, half, half.new_empty(0), *geometry, "relu",
+                           [True, True, True, False])
+
+
 # ------------------------------------------------------------------------- fp16 / bf16 rule
 
 def check_half(inputs, geometry, act, out_factor=2.0, grad_factor=3.0):
