@@ -375,6 +375,24 @@ def test_bad_dtypes_and_devices():
         F.separable_conv2d(x, torch.randn(4, 1, 3, 3), None, torch.randn(2, 3, 1, 1), None)
 
 
+
+def test_non_tensor_arguments_raise_errors_naming_them():
+    """A missing weight, a non-tensor residual next to an unbatched input, a non-tensor pw_bias
+    and a float stride used to fail deep inside with AttributeError / "'float' object is not
+    iterable"; each now names its argument."""
+    x, w = torch.randn(1, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    with pytest.raises(TypeError, match="weight must be a Tensor"):
+        F.conv2d(x, None)
+    with pytest.raises(TypeError, match="residual must be a Tensor"):
+        F.conv2d(x[0], w, residual=[0.0])
+    with pytest.raises(ValueError, match="stride must be"):
+        F.conv2d(x, w, stride=1.5)
+    with pytest.raises(ValueError, match="padding must be"):
+        F.conv2d(x, w, padding=0.5)
+    with pytest.raises(TypeError, match="pw_bias must be a Tensor"):
+        F.separable_conv2d(x, torch.randn(3, 1, 3, 3), None, torch.randn(2, 3, 1, 1), [1.0, 2.0])
+
+
 # ------------------------------------------------------------------------------------- GPU
 
 @pytest.mark.gpu

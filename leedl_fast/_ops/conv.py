@@ -128,6 +128,9 @@ for _op in ("conv2d_fwd", "conv2d_bwd", "conv2d_pool_fwd", "separable_conv2d_fwd
 def _pair(value, name):
     if isinstance(value, numbers.Integral):
         value = (int(value), int(value))
+    if not isinstance(value, (tuple, list, torch.Size)):
+        raise ValueError(f"leedl_fast.conv2d: {name} must be an int or a pair of ints, got "
+                         f"{value!r}")
     value = tuple(value)
     if len(value) == 1:
         value = value * 2
@@ -163,7 +166,7 @@ def resolve_padding(padding, kernel_size, stride, dilation):
 def _check_conv_args(x, weight, bias, residual, stride, padding, dilation, groups, activation):
     """Validates the public arguments; returns (stride, padding (4), dilation, out shape)."""
     for name, t in (("input", x), ("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is not None and not isinstance(t, torch.Tensor):
+        if (t is not None or name == "weight") and not isinstance(t, torch.Tensor):
             raise TypeError(f"leedl_fast.conv2d: {name} must be a Tensor, got {type(t).__name__}")
     if x.dim() != 4:
         raise ValueError(f"leedl_fast.conv2d: input must be (N, C, H, W) or unbatched (C, H, W), "
@@ -268,7 +271,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-        if residual is not None and residual.dim() == 3:
+        if isinstance(residual, torch.Tensor) and residual.dim() == 3:
             residual = residual.unsqueeze(0)
     stride, pad, dilation, activation, out_shape = _check_conv_args(
         input, weight, bias, residual, stride, padding, dilation, groups, activation)
@@ -325,6 +328,9 @@ def separable_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride=1, pa
     for name, t, shape in (("pw_weight", pw_weight, None), ("pw_bias", pw_bias, (o,))):
         if t is None:
             continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"leedl_fast.separable_conv2d: {name} must be a Tensor, got "
+                            f"{type(t).__name__}")
         if t.dtype != input.dtype or t.device != input.device:
             raise TypeError(f"leedl_fast.separable_conv2d: {name} is {t.dtype} on {t.device}, "
                             f"input {input.dtype} on {input.device}")
