@@ -50,6 +50,7 @@ using Vec = at::vec::Vectorized<float>;
 
 constexpr int64_t kRows = 8;        // output features per small-M block (one FMA chain each)
 constexpr int64_t kChunk = 512;     // K per small-M tile: 8 x 512 fp32 = 16 KiB (L1)
+constexpr int64_t kLd = kChunk + 16;  // tile row stride: rows 2 KiB apart alias in L1 / 4K
 constexpr int64_t kBigM = 16;       // from this many x rows on, the tiles go through brgemm
 constexpr int64_t kRowsBig = 64;    // features per large-M tile
 constexpr int64_t kChunkBig = 256;  // K per large-M tile: 64 x 256 fp32 = 64 KiB (L2)
@@ -185,7 +186,7 @@ void small_m(const float* xf, const Deq& deq, const float* bias, T* y, int64_t M
              int64_t K) {
   const int64_t blocks = (N + kRows - 1) / kRows;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> tile(kRows * kChunk, 0.f), acc(M * kRows);
+    std::vector<float> tile(kRows * kLd, 0.f), acc(M * kRows);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kRows, rows = std::min(kRows, N - n0);
       // Rows past N stay zero (nothing writes them) and their sums are dropped.
@@ -193,9 +194,9 @@ void small_m(const float* xf, const Deq& deq, const float* bias, T* y, int64_t M
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
         const int64_t kc = std::min(kChunk, K - k0);
-        for (int64_t r = 0; r < rows; ++r) deq(n0 + r, k0, kc, tile.data() + r * kChunk);
+        for (int64_t r = 0; r < rows; ++r) deq(n0 + r, k0, kc, tile.data() + r * kLd);
         for (int64_t m = 0; m < M; ++m)
-          dot_rows<kRows>(xf + m * K + k0, tile.data(), kChunk, kc, acc.data() + m * kRows);
+          dot_rows<kRows>(xf + m * K + k0, tile.data(), kLd, kc, acc.data() + m * kRows);
       }
       for (int64_t m = 0; m < M; ++m)
         for (int64_t r = 0; r < rows; ++r) {
