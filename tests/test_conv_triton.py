@@ -472,7 +472,7 @@ def test_relu_and_max_pool_keep_nan_when_compiled(tmp_path):
     script.write_text(_NAN_COMPILE_CHECK)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[-2] == "['arith.maximumf']", proc.stdout
 

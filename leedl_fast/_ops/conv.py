@@ -129,7 +129,7 @@ def _pair(value, name):
     if isinstance(value, numbers.Integral):
         value = (int(value), int(value))
     if not isinstance(value, (tuple, list, torch.Size)):
-        raise ValueError(f"leedl_fast.conv2d: {name} must be an int or a pair of ints, got "
+        raise TypeError(f"leedl_fast.conv2d: {name} must be an int or a pair of ints, got "
                          f"{value!r}")
     value = tuple(value)
     if len(value) == 1:
