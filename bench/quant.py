@@ -39,30 +39,46 @@ def _configs():
 def _builder(fmt, m, k, n, device, dtype):
     def build():
         import leedl_fast.quant as Q
+        from leedl_fast.reference import quant as reference
 
         torch.manual_seed(0)
         layer = torch.nn.Linear(k, n, bias=False, device=device, dtype=dtype)
         qlin = Q.QuantizedLinear.from_linear(layer, _configs()[fmt])
         x = torch.randn(m, k, device=device, dtype=dtype)
-        weight = layer.weight.detach()
+        view = qlin.weight_view()
+        # The baseline is F.linear on a float weight of the same shape and dtype -- the
+        # dequantized one, so the outputs are comparable (the harness checks them); int8
+        # dynamic's baseline also rounds x as the kernel does (one cheap elementwise pass).
+        weight = getattr(reference, {"int8": "dequantize_int8", "int8dyn": "dequantize_int8",
+                                     "int4": "dequantize_int4",
+                                     "codebook2": "dequantize_codebook"}[fmt])(
+            *view.op_args()).to(dtype)
 
         def eager(x):
+            if fmt == "int8dyn":
+                xq, sx = reference.quantize_rows_int8(x)
+                x = (xq * sx.double()[:, None]).to(x.dtype)
             return TF.linear(x, weight)
 
         def ours(x):
             return qlin(x)
 
         fns = candidates(eager, ours, (x,), "fwd", device, compile=False)
-        view = qlin.weight_view()
-        from leedl_fast.reference import quant as reference
 
         def dequant_then_linear(x):  # without a fused kernel: dequantize every call
+            args = view.op_args()
             if fmt in ("int8", "int8dyn"):
-                w = view.op_args()[0].to(x.dtype) * view.op_args()[1].to(x.dtype)[:, None]
+                w = args[0].to(x.dtype) * args[1].to(x.dtype)[:, None]
+            elif fmt == "int4":  # unpack the nibbles and scale, all in x's dtype
+                packed, scales, zeros, group = args
+                q = torch.stack((packed & 15, packed >> 4), -1).reshape(n, k).to(x.dtype)
+                w = (q - zeros.to(x.dtype).repeat_interleave(group, 1)) * \
+                    scales.to(x.dtype).repeat_interleave(group, 1)
             else:
-                w = getattr(reference, {"int4": "dequantize_int4",
-                                        "codebook2": "dequantize_codebook"}[fmt])(
-                    *view.op_args()).to(x.dtype)
+                w = args[1].to(x.dtype)[reference.unpack_bits(args[0], args[2], k)]
+            if fmt == "int8dyn":
+                xq, sx = reference.quantize_rows_int8(x)
+                x = (xq * sx.double()[:, None]).to(x.dtype)
             return TF.linear(x, w)
 
         fns["dequantize + F.linear"] = lambda: dequant_then_linear(x)
