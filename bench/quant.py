@@ -104,7 +104,8 @@ def _stored_bytes(fmt, k, n):
 
 def cases(device: str, quick: bool) -> list[Case]:
     gpu = device.startswith("cuda")
-    dtype = torch.bfloat16 if gpu else torch.float32
+    # GPU: the baseline is fp16 cuBLAS
+    dtype = torch.float16 if gpu else torch.float32
     elem = torch.empty((), dtype=dtype).element_size()
     if quick:
         grid = [((256, 256), 1)]
@@ -118,10 +119,16 @@ def cases(device: str, quick: bool) -> list[Case]:
             if fmt == "int8dyn" and m < 16 and not quick:
                 continue  # dynamic activation quantization is for prefill-sized M
             nbytes = _stored_bytes(fmt, k, n) + elem * m * (k + n)
+            target = None  # the goals (docs/quant.md)
+            if not gpu and m == 1 and (k, n) == (4096, 4096) and fmt in ("int8", "int4"):
+                target = ("leedl_fast:cpu", 2.0 if fmt == "int8" else 3.0)
+            if gpu and m <= 16 and fmt != "int8dyn":
+                target = ("leedl_fast:triton",
+                          {"int8": 1.8, "int4": 3.0, "codebook2": 4.0}[fmt])
             out.append(Case(family="quant", op=f"linear_{fmt}", mode="fwd", shape=(m, k, n),
                             dtype=dtype, device=device, nbytes=nbytes,
                             build=_builder(fmt, m, k, n, device, dtype),
-                            flops=2 * m * k * n))
+                            target=target, flops=2 * m * k * n))
     return out
 
 
