@@ -10,6 +10,8 @@
 //     of kRows output features; per K chunk it dequantizes the kRows x kChunk tile (16 KiB, L1)
 //     and dots it with every x row, kRows independent FMA chains per x row. The weight bytes are
 //     read once, in their compressed size.
+//   M = 1 (int8; int4 with group_size % 16 == 0, AVX2): no tile; weights are widened into
+//     registers and FMA'd against x, 4 output rows per x load (see "M = 1 paths").
 //   M >= 16 (prefill: compute-bound): tasks are (block of 64 features, block of up to 192 rows);
 //     the 64 x 256 dequantized tile is multiplied by the matching slice of x^T (K x M, widened
 //     and transposed once) with blas.h `matmul` (brgemm), accumulating over K in a 64 x 192
@@ -235,6 +237,162 @@ void large_m(const float* xt, const Deq& deq, const float* bias, T* y, int64_t M
   });
 }
 
+// ------------------------------------------------------------------------------ M = 1 paths
+// Decode (one x row) is compute-bound on the dequantization, so the tile above is skipped: the
+// weights are widened straight into registers and FMA'd against x, R = 4 output rows at a
+// time (each x vector loaded once for the 4), two FMA chains per row; scales are applied once
+// per row (int8) or once per group on a vector partial sum (int4). Parallel over output rows.
+#if defined(__AVX2__)
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// out[r] = sum_k x[k] * q[r * K + k] (unscaled) for R rows starting at q.
+template <int R>
+inline void int8_dot_m1(const float* x, const int8_t* q, int64_t K, float* out) {
+  __m256 a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* p = q + r * K + k;
+      const __m256 w0 = _mm256_cvtepi32_ps(
+          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+      const __m256 w1 = _mm256_cvtepi32_ps(
+          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
+      a0[r] = _mm256_fmadd_ps(x0, w0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(x1, w1, a1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(_mm256_add_ps(a0[r], a1[r]));
+    for (int64_t i = k; i < K; ++i) s += x[i] * float(q[r * K + i]);
+    out[r] = s;
+  }
+}
+
+template <typename T>
+void int8_m1(const float* x, const Int8Rows& w, const float* bias, T* y, int64_t N) {
+  const int64_t K = w.K;
+  const int64_t blocks = (N + 3) / 4;
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * 4, rows = std::min<int64_t>(4, N - n0);
+      float out[4];
+      if (rows == 4) {
+        int8_dot_m1<4>(x, w.q + n0 * K, K, out);
+      } else {
+        for (int64_t r = 0; r < rows; ++r) int8_dot_m1<1>(x, w.q + (n0 + r) * K, K, out + r);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float v = out[r] * w.scales[n0 + r];
+        y[n0 + r] = static_cast<T>(bias ? v + bias[n0 + r] : v);
+      }
+    }
+  });
+}
+
+// xp: x with each 16-block reordered as its 8 even then its 8 odd entries, so that the low
+// nibbles of 8 bytes pair with xp[0:8] and the high nibbles with xp[8:16]. xs[g]: sum of the
+// group's x. out[r] = sum_g s[r, g] * (sum_{k in g} x[k] q[r, k] - z[r, g] * xs[g]).
+template <int R>
+inline void int4_dot_m1(const float* xp, const float* xs, const Int4Rows& w, int64_t n,
+                        float* out) {
+  const int64_t K = w.K, gs = w.group_size, groups = K / gs;
+  const uint8_t* rowp[R];
+  const float *sp[R], *zp[R];
+  __m256 acc[R];
+  float corr[R];
+  for (int r = 0; r < R; ++r) {
+    rowp[r] = w.packed + (n + r) * (K / 2);
+    sp[r] = w.scales + (n + r) * groups;
+    zp[r] = w.zeros + (n + r) * groups;
+    acc[r] = _mm256_setzero_ps();
+    corr[r] = 0.f;
+  }
+  const __m256i mask = _mm256_set1_epi32(0xF);
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 d0[R], d1[R];
+    for (int r = 0; r < R; ++r) d0[r] = d1[r] = _mm256_setzero_ps();
+    const int64_t kend = (g + 1) * gs;
+    for (int64_t k = g * gs; k < kend; k += 16) {
+      const __m256 xe = _mm256_loadu_ps(xp + k), xo = _mm256_loadu_ps(xp + k + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256i v = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rowp[r] + k / 2)));
+        d0[r] = _mm256_fmadd_ps(xe, _mm256_cvtepi32_ps(_mm256_and_si256(v, mask)), d0[r]);
+        d1[r] = _mm256_fmadd_ps(xo, _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), d1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float s = sp[r][g];
+      acc[r] = _mm256_fmadd_ps(_mm256_add_ps(d0[r], d1[r]), _mm256_set1_ps(s), acc[r]);
+      corr[r] += s * zp[r][g] * xs[g];
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) - corr[r];
+}
+
+template <typename T>
+void int4_m1(const float* x, const Int4Rows& w, const float* bias, T* y, int64_t N) {
+  const int64_t K = w.K, gs = w.group_size, groups = K / gs;
+  std::vector<float> xp(K), xs(groups);
+  for (int64_t k0 = 0; k0 < K; k0 += 16)
+    for (int64_t i = 0; i < 8; ++i) {
+      xp[k0 + i] = x[k0 + 2 * i];
+      xp[k0 + 8 + i] = x[k0 + 2 * i + 1];
+    }
+  for (int64_t g = 0; g < groups; ++g) {
+    float s = 0.f;
+    for (int64_t k = g * gs; k < (g + 1) * gs; ++k) s += x[k];
+    xs[g] = s;
+  }
+  const int64_t blocks = (N + 3) / 4;
+  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * 4, rows = std::min<int64_t>(4, N - n0);
+      float out[4];
+      if (rows == 4) {
+        int4_dot_m1<4>(xp.data(), xs.data(), w, n0, out);
+      } else {
+        for (int64_t r = 0; r < rows; ++r) int4_dot_m1<1>(xp.data(), xs.data(), w, n0 + r, out + r);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float v = out[r];
+        y[n0 + r] = static_cast<T>(bias ? v + bias[n0 + r] : v);
+      }
+    }
+  });
+}
+#endif  // __AVX2__
+
+// Whether the M = 1 register path takes this (M, format); false sends it to small_m.
+template <typename Deq>
+bool m1_ok(const Deq&, int64_t) { return false; }
+#if defined(__AVX2__)
+template <>
+bool m1_ok(const Int8Rows&, int64_t M) { return M == 1; }
+template <>
+bool m1_ok(const Int4Rows& w, int64_t M) { return M == 1 && w.group_size % 16 == 0; }
+#endif
+
+template <typename T, typename Deq>
+void m1(const float*, const Deq&, const float*, T*, int64_t) {}
+#if defined(__AVX2__)
+template <typename T>
+void m1(const float* x, const Int8Rows& w, const float* bias, T* y, int64_t N) {
+  int8_m1(x, w, bias, y, N);
+}
+template <typename T>
+void m1(const float* x, const Int4Rows& w, const float* bias, T* y, int64_t N) {
+  int4_m1(x, w, bias, y, N);
+}
+#endif
+
 template <typename Deq>
 at::Tensor weight_only_linear(const char* op, const at::Tensor& x, int64_t N, const Deq& deq,
                               const std::optional<at::Tensor>& bias) {
@@ -254,6 +412,8 @@ at::Tensor weight_only_linear(const char* op, const at::Tensor& x, int64_t N, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quant_linear", [&] {
     if (big)
       large_m(xf.data_ptr<float>(), deq, bp, y.data_ptr<scalar_t>(), M, N, K);
+    else if (m1_ok(deq, M))
+      m1(xf.data_ptr<float>(), deq, bp, y.data_ptr<scalar_t>(), N);
     else
       small_m(xf.data_ptr<float>(), deq, bp, y.data_ptr<scalar_t>(), M, N, K);
   });
