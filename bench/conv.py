@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from bench.harness import Case, candidates
+from bench.harness import Case, candidates, no_grad
 
 # (op, C, O, H, W, k, stride, groups, activation): the layer line-up.
 LAYERS = [
@@ -74,7 +74,7 @@ def _layer_builder(n, c, o, h, w, k, stride, groups, act, mode, device, dtype, c
         if act == "relu" and mode == "fwd":  # torch's best eager: the bias inside the conv
             fns["torch conv(bias) -> relu"] = lambda: torch.relu(
                 TF.conv2d(x, weight, bias, stride, pad, 1, groups))
-        return fns if mode != "fwd" else {k_: _no_grad(f) for k_, f in fns.items()}
+        return fns if mode != "fwd" else {k_: no_grad(f) for k_, f in fns.items()}
 
     return build
 
@@ -97,7 +97,7 @@ def _pool_builder(n, c, o, h, w, k, device, dtype):
             return F.conv2d(x, weight, bias, 1, k // 2, activation="relu", pool=("max", 2))
 
         fns = candidates(eager, ours, (x, weight, bias), "fwd", device)
-        return {name: _no_grad(fn) for name, fn in fns.items()}
+        return {name: no_grad(fn) for name, fn in fns.items()}
 
     return build
 
@@ -120,16 +120,9 @@ def _separable_builder(n, c, o, h, w, k, device, dtype):
         ours = leedl_fast.nn.DepthwiseSeparableConv2d.from_modules(dw, bn1, pw, bn2, "relu")
         x = torch.randn(n, c, h, w, **factory)
         fns = candidates(theirs, ours, (x,), "fwd", device)
-        return {name: _no_grad(fn) for name, fn in fns.items()}
+        return {name: no_grad(fn) for name, fn in fns.items()}
 
     return build
-
-
-def _no_grad(fn):
-    def run():
-        with torch.no_grad():
-            return fn()
-    return run
 
 
 def cases(device: str, quick: bool) -> list[Case]:

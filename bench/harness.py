@@ -131,6 +131,14 @@ def step(fn: Callable, inputs: tuple, mode: str, leaves: tuple = (), grads: tupl
     return forward_backward
 
 
+def no_grad(fn: Callable) -> Callable:
+    """`fn()` under torch.no_grad(): inference candidates record no autograd graph."""
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
 def candidates(eager: Callable, leedl: Callable | None, inputs: tuple, mode: str, device: str,
                leaves: tuple = (), grads: tuple = (), compile: bool = True) -> dict[str, Callable]:
     """The standard line-up: torch eager, torch.compile of eager, and every leedl_fast backend.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from bench.harness import Case, candidates
+from bench.harness import Case, candidates, no_grad
 
 GPU_SHAPES = [(768, 3072), (3072, 768), (4096, 4096), (4096, 11008), (11008, 4096)]
 GPU_M = [1, 4, 16, 64, 512]
@@ -82,16 +82,9 @@ def _builder(fmt, m, k, n, device, dtype):
             return TF.linear(x, w)
 
         fns["dequantize + F.linear"] = lambda: dequant_then_linear(x)
-        return {name: _no_grad(fn) for name, fn in fns.items()}
+        return {name: no_grad(fn) for name, fn in fns.items()}
 
     return build
-
-
-def _no_grad(fn):
-    def run():
-        with torch.no_grad():
-            return fn()
-    return run
 
 
 def _stored_bytes(fmt, k, n):

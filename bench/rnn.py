@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import COMPILE, EAGER, Case, step, with_backend
+from bench.harness import COMPILE, EAGER, Case, no_grad, step, with_backend
 
 # (hidden, batch, sequence, layers); the first is the acceptance shape.
 CPU_SHAPES = [(256, 16, 256, 1), (256, 16, 256, 2), (512, 64, 128, 1), (1024, 1, 128, 1)]
@@ -96,17 +96,10 @@ def _builder(h, b, t, layers, mode, compiled, device="cpu", dtype=torch.float32,
                                 (x, *(p for c in cells for p in c.parameters()))
                                 if mode == "fwd+bwd" else leaves, grads)
         if mode == "fwd":
-            fns = {name: _no_grad(fn) for name, fn in fns.items()}
+            fns = {name: no_grad(fn) for name, fn in fns.items()}
         return fns
 
     return build
-
-
-def _no_grad(fn):
-    def run():
-        with torch.no_grad():
-            return fn()
-    return run
 
 
 def cases(device: str, quick: bool) -> list[Case]:
