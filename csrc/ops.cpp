@@ -114,6 +114,37 @@ TORCH_LIBRARY(leedl_fast, m) {
   // first (bit i of the string is bit i % 8 of byte i / 8); table (2^bits,) float32.
   m.def("codebook_linear(Tensor x, Tensor packed, Tensor table, int bits, int in_features,"
         " Tensor? bias) -> Tensor");
+
+  // --- fused optimizers (docs/optim.md; the math: leedl_fast/reference/optim.py) ---
+  // One call updates every tensor of a list in place: params[i] with grads[i] and its state
+  // tensors (same shape, contiguous). Empty state lists mean "not used" (amsgrad off, no master
+  // weights, no momentum). Mixed precision: params may be float16/bfloat16 with their state in
+  // the param dtype (torch's layout; the math runs in fp32), or, when master_params is given, the
+  // math reads and writes the fp32 master_params and the fp32 state, and params[i] receives
+  // master_params[i] rounded to its dtype. grad_scale / found_inf (1-element fp32 tensors on the
+  // params' device, as torch.amp.GradScaler makes them): when found_inf != 0 nothing is written;
+  // otherwise every grad is divided by grad_scale, written back unscaled, and used. steps[i]
+  // (1-element float32) is the step count *after* this step's increment (the caller adds 1).
+  m.def("fused_adam(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs,"
+        " Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] master_params,"
+        " Tensor[] steps, float lr, float beta1, float beta2, float eps, float weight_decay,"
+        " bool decoupled_weight_decay, bool amsgrad, bool maximize, Tensor? grad_scale=None,"
+        " Tensor? found_inf=None) -> ()");
+  // SGD with momentum / dampening / nesterov. is_first_step: the momentum buffers are
+  // initialised to the (decayed) gradient instead of updated, as torch does on a fresh buffer.
+  m.def("fused_sgd(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers,"
+        " Tensor(d!)[] master_params, float lr, float weight_decay, float momentum,"
+        " float dampening, bool nesterov, bool maximize, bool is_first_step,"
+        " Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def("fused_adagrad(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums,"
+        " Tensor(d!)[] master_params, Tensor[] steps, float lr, float lr_decay,"
+        " float weight_decay, float eps, bool maximize, Tensor? grad_scale=None,"
+        " Tensor? found_inf=None) -> ()");
+  // grad_avgs only when centered, momentum_buffers only when momentum > 0.
+  m.def("fused_rmsprop(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs,"
+        " Tensor(d!)[] grad_avgs, Tensor(e!)[] momentum_buffers, Tensor(f!)[] master_params,"
+        " float lr, float alpha, float eps, float weight_decay, float momentum, bool centered,"
+        " bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
 // Importable as a Python module so `import leedl_fast._C` loads the registrations above.
