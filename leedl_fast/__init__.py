@@ -15,10 +15,11 @@ from ._ops import quant as _quant_ops  # noqa: F401  (fake, GPU, autograd)
 from ._ops import norm as _norm_ops  # noqa: F401  (fake, GPU and autograd registrations)
 from ._ops import rnn as _rnn_ops  # noqa: F401  (fake and autograd registrations)
 from ._ops import rnn_gpu as _rnn_gpu_ops  # noqa: F401
-from . import functional, nn, quant  # noqa: E402
+from ._ops import optim as _optim_ops  # noqa: F401  (fakes and GPU kernels)
+from . import functional, nn, optim, quant  # noqa: E402
 from .accelerate import accelerate  # noqa: E402
 from .nn.conv import fold_batchnorm  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["BACKENDS", "available_backends", "backend", "forced_backend", "functional", "nn",
-           "accelerate", "fold_batchnorm", "quant"]
+           "accelerate", "fold_batchnorm", "optim", "quant"]

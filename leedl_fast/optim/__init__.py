@@ -1,0 +1,342 @@
+"""Drop-in fused optimizers: `leedl_fast.optim.Adam` instead of `torch.optim.Adam`.
+
+Each class subclasses its torch.optim counterpart, so the constructor signature, param groups,
+`zero_grad`, hooks, `state_dict`/`load_state_dict` (a checkpoint of torch.optim.Adam loads here
+and the other way round) and `torch.optim.lr_scheduler` are torch's own. Only `step()` differs:
+each param group's tensors go to one multi-tensor op per device (leedl_fast::fused_adam etc.,
+docs/optim.md), which reads p, g and the state once and writes p and the state once.
+
+`foreach` and `fused` are accepted and stored (they are part of the state_dict) but do not
+change what runs: the step is always the fused multi-tensor kernel. Extras, keyword-only:
+
+    master_weights=False   with float16/bfloat16 params, keep an fp32 master copy of each param
+                           and fp32 state (state key "master_param"); the param receives the
+                           master rounded to its dtype after every step. Without it, the state
+                           has the param's dtype, as in torch, and the math runs in fp32.
+
+AMP: `torch.amp.GradScaler.step(opt)` hands the scale and the inf flag to the kernel
+(`_step_supports_amp_scaling`), which unscales the grads in place and skips the step on inf, as
+torch's fused optimizers do. `differentiable=True` is refused (the kernels are not differentiable).
+A tensor `lr` is read as a float each step.
+"""
+import inspect
+
+import torch
+
+from .._ops import optim as _ops
+from .._ops.optim import fused_adagrad, fused_adam, fused_rmsprop, fused_sgd
+from .lr_scheduler import warmup_cosine, warmup_linear
+
+__all__ = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "fused_adam", "fused_sgd",
+           "fused_adagrad", "fused_rmsprop", "warmup_cosine", "warmup_linear"]
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def _float(x):
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class _Fused:
+    """The shared step of leedl_fast's optimizers. A subclass names its op and state, and says
+    how one device's lists become the op's arguments (`_launch`)."""
+
+    _op = ""
+    _keys = ()  # state tensors of a param, in the op's order (given the group)
+
+    def _fused_init(self, name, differentiable, master_weights):
+        if differentiable:
+            raise ValueError(f"leedl_fast.optim.{name}: differentiable=True is not supported "
+                             f"(the fused kernels are not differentiable); use torch.optim.{name}")
+        self.defaults["master_weights"] = bool(master_weights)
+        for group in self.param_groups:
+            group.setdefault("master_weights", bool(master_weights))
+        self._step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("master_weights", self.defaults.get("master_weights", False))
+            group.setdefault("differentiable", False)
+
+    def load_state_dict(self, state_dict):
+        """torch's load, then the fp32 master copies and state restored at full precision
+        (torch casts a param's floating state to the param's dtype on load)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(pid, {})
+            if "master_param" not in saved:
+                continue
+            for key, value in saved.items():
+                if isinstance(value, torch.Tensor) and value.dtype == torch.float32 \
+                        and key != "step":
+                    self.state[p][key] = value.to(p.device, copy=True)
+
+    # ------------------------------------------------------------------------- the step
+
+    def _state_keys(self, group):
+        return self._keys
+
+    def _new_state(self, p, group):
+        """torch's lazy initialization of a param's state (the step count and zeros)."""
+        raise NotImplementedError
+
+    def _prepare(self, p, group, keys):
+        """The param's state, created or repaired so the kernel can take it: state tensors
+        contiguous, in the param's dtype (fp32 with master weights), steps float32."""
+        state = self.state[p]
+        if len(state) == 0:
+            state.update(self._new_state(p, group))
+        master = group.get("master_weights", False) and p.dtype in _LOW
+        want = torch.float32 if master else p.dtype
+        if master and "master_param" not in state:
+            state["master_param"] = p.detach().float().contiguous()
+        for key in keys + (("master_param",) if master else ()):
+            t = state.get(key)
+            if t is None:
+                t = state[key] = torch.zeros_like(p, dtype=want,
+                                                  memory_format=torch.contiguous_format)
+            if t.dtype != want or t.device != p.device or not t.is_contiguous():
+                state[key] = t.to(device=p.device, dtype=want).contiguous()
+        step = state.get("step")
+        if isinstance(step, torch.Tensor) and step.dtype != torch.float32:
+            state["step"] = step.float()
+        return state, master
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            self._group_step(group, grad_scale, found_inf)
+        return loss
+
+    def _group_step(self, group, grad_scale, found_inf):
+        name = type(self).__name__
+        keys = self._state_keys(group)
+        lists = {}  # (device, contiguous) -> dict of lists
+        for i, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            _ops.check_param(f"optim.{name}", i, p, g)
+            state, master = self._prepare(p, group, keys)
+            fast = p.is_contiguous() and g.is_contiguous()
+            entry = lists.setdefault((p.device, fast, master), {
+                "params": [], "grads": [], "steps": [], "master_params": [],
+                **{k: [] for k in keys}})
+            entry["params"].append(p)
+            entry["grads"].append(g)
+            for k in keys:
+                entry[k].append(state[k])
+            if master:
+                entry["master_params"].append(state["master_param"])
+            if "step" in state:
+                entry["steps"].append(state["step"])
+        for (device, fast, _), entry in lists.items():
+            gs, fi = grad_scale, found_inf
+            if gs is not None:
+                gs = gs.to(device=device, dtype=torch.float32).reshape(1)
+            if fi is not None:
+                fi = fi.to(device=device, dtype=torch.float32).reshape(1)
+            steps = entry["steps"]
+            steps_here = bool(steps) and steps[0].device == device
+            if fi is not None and not steps_here and float(fi.item()) != 0.0:
+                continue  # steps on the host: read the flag once and skip the whole step
+            if steps:
+                torch._foreach_add_(steps, 1)
+            if fast:
+                self._launch(group, entry, gs, fi, _ops.run)
+            else:  # a non-contiguous param or grad: the same math, one tensor at a time
+                self._launch(group, entry, gs, fi, _run_reference)
+            if fi is not None and steps_here:
+                torch._foreach_sub_(steps, [fi.reshape(())] * len(steps))
+
+
+def _run_reference(op, *args):
+    from ..reference import optim as reference
+
+    getattr(reference, op)(*args)
+
+
+def _super_kwargs(cls, **kwargs):
+    """Drop keyword arguments the installed torch's constructor does not take (torch >= 2.11)."""
+    accepted = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+def _adam_state(p, group):
+    on_device = group["capturable"] or group["fused"]
+    return {"step": torch.zeros((), dtype=torch.float32, device=p.device) if on_device
+            else torch.tensor(0.0, dtype=torch.float32)}
+
+
+def _adam_launch(self, group, e, gs, fi, run):
+    beta1, beta2 = group["betas"]
+    run("fused_adam", e["params"], e["grads"], e["exp_avg"], e["exp_avg_sq"],
+        e.get("max_exp_avg_sq", []), e["master_params"], e["steps"], _float(group["lr"]),
+        _float(beta1), _float(beta2), float(group["eps"]), _float(group["weight_decay"]),
+        bool(group.get("decoupled_weight_decay", False) or isinstance(self, torch.optim.AdamW)),
+        bool(group["amsgrad"]), bool(group["maximize"]), gs, fi)
+
+
+def _adam_keys(self, group):
+    return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+
+
+class Adam(_Fused, torch.optim.Adam):
+    """torch.optim.Adam with a fused multi-tensor step (BOOK.md §3.3.3: RMSProp + momentum)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 master_weights=False):
+        if differentiable:
+            self._fused_init("Adam", True, False)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **_super_kwargs(
+            torch.optim.Adam, foreach=foreach, maximize=maximize, capturable=capturable,
+            differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay))
+        self._fused_init("Adam", differentiable, master_weights)
+
+    _state_keys = _adam_keys
+    _new_state = staticmethod(_adam_state)
+    _launch = _adam_launch
+
+
+class AdamW(_Fused, torch.optim.AdamW):
+    """torch.optim.AdamW (decoupled weight decay) with a fused multi-tensor step."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, master_weights=False):
+        if differentiable:
+            self._fused_init("AdamW", True, False)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         foreach=foreach, capturable=capturable, differentiable=differentiable,
+                         fused=fused)
+        self._fused_init("AdamW", differentiable, master_weights)
+
+    _state_keys = _adam_keys
+    _new_state = staticmethod(_adam_state)
+    _launch = _adam_launch
+
+
+class SGD(_Fused, torch.optim.SGD):
+    """torch.optim.SGD (momentum, dampening, nesterov) with a fused multi-tensor step
+    (BOOK.md §3.2.2: the momentum buffer b = μ b + g, the step −η b)."""
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, master_weights=False):
+        if differentiable:
+            self._fused_init("SGD", True, False)
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
+                         maximize=maximize, foreach=foreach, differentiable=differentiable,
+                         fused=fused)
+        self._fused_init("SGD", differentiable, master_weights)
+
+    def _state_keys(self, group):
+        return ()  # the momentum buffer is created by the first step (below)
+
+    def _new_state(self, p, group):
+        return {}
+
+    def _launch(self, group, e, gs, fi, run):
+        momentum = _float(group["momentum"])
+        args = (_float(group["lr"]), _float(group["weight_decay"]), momentum,
+                _float(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]))
+        if momentum == 0:
+            run("fused_sgd", e["params"], e["grads"], [], e["master_params"], *args, False,
+                gs, fi)
+            return
+        # torch starts a buffer as the (decayed) gradient: params with and without a buffer
+        # go in two calls
+        master = bool(e["master_params"])
+        for first in (False, True):
+            idx = [i for i, p in enumerate(e["params"])
+                   if ("momentum_buffer" not in self.state[p]) == first]
+            if not idx:
+                continue
+            if first:
+                for i in idx:
+                    p = e["params"][i]
+                    self.state[p]["momentum_buffer"] = torch.empty_like(
+                        p, dtype=torch.float32 if master else p.dtype,
+                        memory_format=torch.contiguous_format)
+            pick = lambda key: [e[key][i] for i in idx] if e[key] else []  # noqa: E731
+            bufs = [self.state[e["params"][i]]["momentum_buffer"] for i in idx]
+            run("fused_sgd", pick("params"), pick("grads"), bufs, pick("master_params"), *args,
+                first, gs, fi)
+
+    def _prepare(self, p, group, keys):
+        master = group.get("master_weights", False) and p.dtype in _LOW
+        if _float(group["momentum"]) == 0 and not master and p not in self.state:
+            return {}, False  # plain SGD keeps no state, as torch's
+        state, master = super()._prepare(p, group, keys)
+        buf = state.get("momentum_buffer")
+        if buf is not None:
+            want = torch.float32 if master else p.dtype
+            if buf.dtype != want or buf.device != p.device or not buf.is_contiguous():
+                state["momentum_buffer"] = buf.to(device=p.device, dtype=want).contiguous()
+        return state, master
+
+
+class Adagrad(_Fused, torch.optim.Adagrad):
+    """torch.optim.Adagrad with a fused multi-tensor step (BOOK.md §3.3.1; torch keeps the sum
+    of squared gradients, not their mean)."""
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
+                 master_weights=False):
+        if differentiable:
+            self._fused_init("Adagrad", True, False)
+        super().__init__(params, lr, lr_decay, weight_decay, initial_accumulator_value, eps,
+                         foreach, maximize=maximize, differentiable=differentiable, fused=fused)
+        self._fused_init("Adagrad", differentiable, master_weights)
+
+    _keys = ("sum",)
+
+    def _new_state(self, p, group):  # torch fills the state in __init__; this is a fallback
+        return {"step": torch.tensor(0.0, dtype=torch.float32),
+                "sum": torch.full_like(p, group["initial_accumulator_value"],
+                                       memory_format=torch.contiguous_format)}
+
+    def _launch(self, group, e, gs, fi, run):
+        run("fused_adagrad", e["params"], e["grads"], e["sum"], e["master_params"], e["steps"],
+            _float(group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]),
+            float(group["eps"]), bool(group["maximize"]), gs, fi)
+
+
+class RMSprop(_Fused, torch.optim.RMSprop):
+    """torch.optim.RMSprop (centered, momentum) with a fused multi-tensor step (BOOK.md §3.3.2)."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, *, master_weights=False):
+        if differentiable:
+            self._fused_init("RMSprop", True, False)
+        super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered,
+                         capturable=capturable, foreach=foreach, maximize=maximize,
+                         differentiable=differentiable)
+        self._fused_init("RMSprop", differentiable, master_weights)
+
+    def _state_keys(self, group):
+        return (("square_avg",) + (("grad_avg",) if group["centered"] else ())
+                + (("momentum_buffer",) if group["momentum"] > 0 else ()))
+
+    def _new_state(self, p, group):
+        return {"step": torch.zeros((), dtype=torch.float32, device=p.device)
+                if group["capturable"] else torch.zeros((), dtype=torch.float32)}
+
+    def _launch(self, group, e, gs, fi, run):
+        run("fused_rmsprop", e["params"], e["grads"], e["square_avg"], e.get("grad_avg", []),
+            e.get("momentum_buffer", []), e["master_params"], _float(group["lr"]),
+            float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
+            float(group["momentum"]), bool(group["centered"]), bool(group["maximize"]), gs, fi)
