@@ -225,9 +225,45 @@ def _quant_rows():
     return rows
 
 
+# Fused optimizers: a row's `width` is the BLOCK the launcher picks (kernels/optim.py
+# launch_config: 16 bytes of the group's widest dtype per thread, 8 warps; the chunk per program
+# is a runtime argument), a label only: the resolver asks launch_config itself.
+# dtype: params, grads and state ("fp64": fp64 math). flags, '-' joined, are the constexprs the
+# launcher sets: "master" (fp16/bf16 params + fp32 master weights and fp32 state), "scale" /
+# "found" (grad_scale / found_inf given), "dev" (steps read in the kernel: capturable),
+# "unaligned" (a tensor not 16-byte aligned: no vector-load hints), "max" (maximize), "wd"
+# (weight decay); Adam: "l2" / "adamw" (coupled / decoupled decay), "ams"; SGD: "mom", "nest",
+# "first" (first step: the buffer is written, not read); RMSProp: "centered", "mom".
+OPTIM_DTYPES = ("fp16", "bf16", "fp32", "fp64")
+OPTIM_HEAVY = {"optim_adam_kernel": "adamw-ams-max-scale-found-dev",
+               "optim_sgd_kernel": "wd-mom-nest-max-scale-found",
+               "optim_adagrad_kernel": "wd-max-scale-found-dev",
+               "optim_rmsprop_kernel": "wd-centered-mom-max-scale-found"}
+OPTIM_LIGHT = {"optim_adam_kernel": ("adamw", "l2", "dev"),
+               "optim_sgd_kernel": ("", "mom", "wd-mom-first"),
+               "optim_adagrad_kernel": ("", "wd"),
+               "optim_rmsprop_kernel": ("", "wd-mom", "centered")}
+
+
+def _optim_rows():
+    def block(dt, flags):
+        return 1024 if "master" in flags else {"fp16": 2048, "bf16": 2048, "fp32": 1024,
+                                               "fp64": 512}[dt]
+
+    rows = []
+    for kernel, heavy in OPTIM_HEAVY.items():
+        cases = [(dt, heavy, 90) for dt in OPTIM_DTYPES]
+        cases += [(dt, f"master-{heavy}", 90) for dt in ("fp16", "bf16")]
+        cases += [(dt, flags, 90) for dt in ("bf16", "fp32") for flags in OPTIM_LIGHT[kernel]]
+        cases += [("fp32", f"unaligned-{heavy}", 90)]
+        cases += [(dt, heavy, 80) for dt in ("bf16", "fp32")] + [("bf16", f"master-{heavy}", 80)]
+        rows += [(kernel, dt, block(dt, flags), flags, arch) for dt, flags, arch in cases]
+    return rows
+
+
 CONFIGS = {"norm": _norm_rows(), "attention": _attention_rows(), "rnn": _rnn_rows(),
            "conv": _conv_rows(), "conv_backward": _conv_backward_rows(),
-           "quant": _quant_rows()}
+           "quant": _quant_rows(), "optim": _optim_rows()}
 
 # Spills accepted on purpose, with the reason: {(kernel, case id): reason} for Triton cases and
 # {(file name, arch): reason} for nvcc. Anything else that spills fails: fix it or justify it here.
@@ -505,8 +541,41 @@ def _resolve_quant(mod, kernel, dtype, width, flags):
     return sig, consts, warps, [a for a in aligned if a not in consts]
 
 
+def _resolve_optim(mod, kernel, dtype, width, flags):
+    import triton.language as tl
+
+    f = set(flags.split("-")) - {""}
+    t = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32, "fp64": tl.float64}[dtype]
+    master = "master" in f
+    block, warps = mod.launch_config(4 if master else t.primitive_bitwidth // 8)
+    consts = dict(P_DT=t, G_DT=t, S_DT=tl.float32 if master else t,
+                  M_DT=tl.float32 if master else t,
+                  MATH=tl.float64 if dtype == "fp64" else tl.float32, HAS_MASTER=master,
+                  HAS_SCALE="scale" in f, HAS_FOUND_INF="found" in f, ALIGNED="unaligned" not in f,
+                  MAXIMIZE="max" in f, BLOCK=block)
+    if kernel == "optim_adam_kernel":
+        consts.update(WEIGHT_DECAY=2 if "adamw" in f else 1 if "l2" in f else 0,
+                      AMSGRAD="ams" in f, STEP_ON_DEVICE="dev" in f)
+    elif kernel == "optim_sgd_kernel":
+        consts.update(HAS_WD="wd" in f, HAS_MOMENTUM="mom" in f, NESTEROV="nest" in f,
+                      FIRST_STEP="first" in f)
+    elif kernel == "optim_adagrad_kernel":
+        consts.update(HAS_WD="wd" in f, STEP_ON_DEVICE="dev" in f)
+    elif kernel == "optim_rmsprop_kernel":
+        consts.update(HAS_WD="wd" in f, CENTERED="centered" in f, HAS_MOMENTUM="mom" in f)
+    else:
+        raise KeyError(f"no resolver for {kernel}")
+    ptrs = {"META": "*i64", "CHUNKS": "*i64", "GRAD_SCALE": "*fp32", "FOUND_INF": "*fp32"}
+    # The hyperparameters are annotated tl.float64; `chunk` is a multiple of BLOCK (the JIT marks
+    # it divisible by 16), the tables are fresh torch allocations.
+    sig = {a: ptrs.get(a, "i32" if a == "chunk" else "fp64")
+           for a in getattr(mod, kernel).arg_names if a not in consts}
+    return sig, consts, warps, list(ptrs) + ["chunk"]
+
+
 RESOLVERS = {"norm": _resolve_norm, "attention": _resolve_attention, "rnn": _resolve_rnn,
-             "conv": _resolve_conv, "conv_backward": _resolve_conv, "quant": _resolve_quant}
+             "conv": _resolve_conv, "conv_backward": _resolve_conv, "quant": _resolve_quant,
+             "optim": _resolve_optim}
 
 
 # ---------------------------------------------------------------------------------- the worker
