@@ -271,6 +271,10 @@ ALLOWED_SPILLS = {
     ("norm_bwd_kernel", "norm_bwd_kernel-fp32-N8192-ln_dres-sm80"):
         "8 bytes at the 128-register cap of 16 warps on A100 only (H100: no spill); the "
         "alternative, the looped variant, re-reads the partial dweight/dbias rows from memory",
+    ("optim_adagrad_kernel", "optim_adagrad_kernel-bf16-N2048-wd-max-scale-found-dev-sm90"):
+        "8 bytes: one table address saved around the call to ptxas's fp64-division subroutine "
+        "(the capturable path's clr = lr / (1 + (t - 1) lr_decay), once per program, before the "
+        "element loop; SASS: one STL/LDL pair); the element loop itself has no spill",
 }
 
 # Largest shared memory one block may use (opt-in), in bytes: H100 227 KiB, A100 163 KiB (what
