@@ -111,12 +111,13 @@ def chunk_size(total, block):
 
 
 # ------------------------------------------------------------------------------ shared helpers
-# SCALARS. The hyperparameters are fp64 kernel arguments. For fp32 math each kernel rounds them
-# once to fp32 (1 - beta etc. computed in fp64 first, as Python does): exactly the fp32 scalars
-# torch's `fp32_tensor * python_float` uses. For fp64 math they are used as they are. This is done
-# inline in each kernel, not in a helper: under the interpreter the arguments are Python floats
-# and a helper's return value is converted to an fp32 tensor, which would round fp64 math's
-# scalars through fp32.
+# SCALARS. The hyperparameters are fp64 kernel arguments, the derived ones (1 - beta, 1 - lr wd,
+# ...) computed on the host in double as the reference's Python does. For fp32 math each kernel
+# rounds them once to fp32: exactly the fp32 scalars torch's `fp32_tensor * python_float` uses.
+# For fp64 math they are used as they are. Under the interpreter the arguments arrive as Python
+# floats, and anything the kernel computes from them (`1 - alpha`, a helper's return value)
+# becomes an fp32 tensor there -- fp64 math would be rounded through fp32 -- hence the host-side
+# derived scalars and the inline (not helper) casts.
 
 @triton.jit
 def _pointer(row, COL: tl.constexpr, DT: tl.constexpr, ALIGNED: tl.constexpr):
@@ -224,8 +225,9 @@ def _grad_scale(GRAD_SCALE, HAS_SCALE: tl.constexpr, MATH: tl.constexpr):
 
 
 # ------------------------------------------------------------------------------ Adam / AdamW
-# Per element (reference order; omb = 1 - beta, the rounding of each product as in torch):
-#   g /= grad_scale (written back); g = -g if maximize; L2: g += wd * theta | AdamW: theta *= 1 - lr wd
+# Per element (the reference's order; omb = 1 - beta; each product rounded as in torch):
+#   g /= grad_scale (written back); g = -g if maximize
+#   L2: g += wd * theta  |  AdamW: theta *= decay = 1 - lr wd
 #   m = m * b1 + omb1 * g;  v = v * b2 + omb2 * g * g;  amsgrad: v = v_max = max(v_max, v)
 #   theta -= step_size * m / (sqrt(v) / bc2_sqrt + eps),  step_size = lr / (1 - b1^t),
 #   bc2_sqrt = sqrt(1 - b2^t).
@@ -255,13 +257,14 @@ def _adam_block(P, G, M, V, VMAX, MASTER, offs, end, grad_scale, beta1, beta2, o
 
 @triton.jit
 def optim_adam_kernel(META, CHUNKS, GRAD_SCALE, FOUND_INF, chunk, lr: tl.float64, beta1: tl.float64,
-                beta2: tl.float64, eps: tl.float64, weight_decay: tl.float64,
-                step_size: tl.float64, bc2_sqrt: tl.float64, log_beta1: tl.float64,
-                log_beta2: tl.float64, P_DT: tl.constexpr, G_DT: tl.constexpr,
-                S_DT: tl.constexpr, M_DT: tl.constexpr, MATH: tl.constexpr,
-                HAS_MASTER: tl.constexpr, WEIGHT_DECAY: tl.constexpr, AMSGRAD: tl.constexpr,
-                MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-                STEP_ON_DEVICE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                      beta2: tl.float64, omb1: tl.float64, omb2: tl.float64, eps: tl.float64,
+                      weight_decay: tl.float64, decay: tl.float64, step_size: tl.float64,
+                      bc2_sqrt: tl.float64, log_beta1: tl.float64, log_beta2: tl.float64,
+                      P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
+                      M_DT: tl.constexpr, MATH: tl.constexpr, HAS_MASTER: tl.constexpr,
+                      WEIGHT_DECAY: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                      STEP_ON_DEVICE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """WEIGHT_DECAY: 0 none, 1 L2 (Adam), 2 decoupled (AdamW). step_size / bc2_sqrt: the host's
     bias corrections, unless STEP_ON_DEVICE (then from this tensor's step and log(beta))."""
     if HAS_FOUND_INF:  # noqa: SIM102 -- a constexpr test, then a runtime one
@@ -279,7 +282,6 @@ def optim_adam_kernel(META, CHUNKS, GRAD_SCALE, FOUND_INF, chunk, lr: tl.float64
         step_size = lr / (1 - tl.exp(t * log_beta1))
         bc2_sqrt = tl.sqrt(1 - tl.exp(t * log_beta2))
     grad_scale = _grad_scale(GRAD_SCALE, HAS_SCALE, MATH)
-    decay, omb1, omb2 = 1 - lr * weight_decay, 1 - beta1, 1 - beta2
     if MATH == tl.float32:  # the hyperparameters in the math dtype: see SCALARS above
         decay, omb1, omb2 = tl.cast(decay, MATH), tl.cast(omb1, MATH), tl.cast(omb2, MATH)
         beta1, beta2, eps = tl.cast(beta1, MATH), tl.cast(beta2, MATH), tl.cast(eps, MATH)
@@ -329,12 +331,12 @@ def _sgd_block(P, G, B, MASTER, offs, end, grad_scale, lr, weight_decay, momentu
 
 @triton.jit
 def optim_sgd_kernel(META, CHUNKS, GRAD_SCALE, FOUND_INF, chunk, lr: tl.float64,
-               weight_decay: tl.float64, momentum: tl.float64, dampening: tl.float64,
-               P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, M_DT: tl.constexpr,
-               MATH: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_WD: tl.constexpr,
-               HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
-               MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-               ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                     weight_decay: tl.float64, momentum: tl.float64, omd: tl.float64,
+                     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, M_DT: tl.constexpr,
+                     MATH: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_WD: tl.constexpr,
+                     HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
+                     MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                     ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_FOUND_INF:  # noqa: SIM102 -- a constexpr test, then a runtime one
         if tl.load(FOUND_INF) != 0:
             return
@@ -344,7 +346,6 @@ def optim_sgd_kernel(META, CHUNKS, GRAD_SCALE, FOUND_INF, chunk, lr: tl.float64,
     B = _pointer(row, COL_S0, S_DT, ALIGNED)
     MASTER = _pointer(row, COL_MASTER, M_DT, ALIGNED)
     grad_scale = _grad_scale(GRAD_SCALE, HAS_SCALE, MATH)
-    omd = 1 - dampening
     if MATH == tl.float32:  # see SCALARS above
         omd, lr = tl.cast(omd, MATH), tl.cast(lr, MATH)
         weight_decay, momentum = tl.cast(weight_decay, MATH), tl.cast(momentum, MATH)
@@ -382,12 +383,12 @@ def _adagrad_block(P, G, S, MASTER, offs, end, grad_scale, clr, weight_decay, ep
 
 @triton.jit
 def optim_adagrad_kernel(META, CHUNKS, GRAD_SCALE, FOUND_INF, chunk, lr: tl.float64,
-                   lr_decay: tl.float64, weight_decay: tl.float64, eps: tl.float64,
-                   clr: tl.float64, P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
-                   M_DT: tl.constexpr, MATH: tl.constexpr, HAS_MASTER: tl.constexpr,
-                   HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr,
-                   HAS_FOUND_INF: tl.constexpr, STEP_ON_DEVICE: tl.constexpr,
-                   ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                         lr_decay: tl.float64, weight_decay: tl.float64, eps: tl.float64,
+                         clr: tl.float64, P_DT: tl.constexpr, G_DT: tl.constexpr,
+                         S_DT: tl.constexpr, M_DT: tl.constexpr, MATH: tl.constexpr,
+                         HAS_MASTER: tl.constexpr, HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                         HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                         STEP_ON_DEVICE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """clr: the host's decayed learning rate, unless STEP_ON_DEVICE (then from the step, fp64)."""
     if HAS_FOUND_INF:  # noqa: SIM102 -- a constexpr test, then a runtime one
         if tl.load(FOUND_INF) != 0:
@@ -453,12 +454,13 @@ def _rmsprop_block(P, G, V, GBAR, B, MASTER, offs, end, grad_scale, lr, alpha, o
 
 @triton.jit
 def optim_rmsprop_kernel(META, CHUNKS, GRAD_SCALE, FOUND_INF, chunk, lr: tl.float64,
-                   alpha: tl.float64, eps: tl.float64, weight_decay: tl.float64,
-                   momentum: tl.float64, P_DT: tl.constexpr, G_DT: tl.constexpr,
-                   S_DT: tl.constexpr, M_DT: tl.constexpr, MATH: tl.constexpr,
-                   HAS_MASTER: tl.constexpr, HAS_WD: tl.constexpr, CENTERED: tl.constexpr,
-                   HAS_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr,
-                   HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                         alpha: tl.float64, oma: tl.float64, eps: tl.float64,
+                         weight_decay: tl.float64, momentum: tl.float64, P_DT: tl.constexpr,
+                         G_DT: tl.constexpr, S_DT: tl.constexpr, M_DT: tl.constexpr,
+                         MATH: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_WD: tl.constexpr,
+                         CENTERED: tl.constexpr, HAS_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr,
+                         HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                         ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_FOUND_INF:  # noqa: SIM102 -- a constexpr test, then a runtime one
         if tl.load(FOUND_INF) != 0:
             return
@@ -470,7 +472,6 @@ def optim_rmsprop_kernel(META, CHUNKS, GRAD_SCALE, FOUND_INF, chunk, lr: tl.floa
     B = _pointer(row, COL_S2, S_DT, ALIGNED)
     MASTER = _pointer(row, COL_MASTER, M_DT, ALIGNED)
     grad_scale = _grad_scale(GRAD_SCALE, HAS_SCALE, MATH)
-    oma = 1 - alpha
     if MATH == tl.float32:  # see SCALARS above
         oma, lr, alpha, eps = tl.cast(oma, MATH), tl.cast(lr, MATH), tl.cast(alpha, MATH), \
             tl.cast(eps, MATH)
@@ -617,8 +618,9 @@ def fused_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_par
     _apply(optim_adam_kernel, params, grads,
            [exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []], master_params, steps,
            grad_scale, found_inf,
-           scalars={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
-                    "weight_decay": weight_decay, "log_beta1": _log(beta1),
+           scalars={"lr": lr, "beta1": beta1, "beta2": beta2, "omb1": 1 - beta1,
+                    "omb2": 1 - beta2, "eps": eps, "weight_decay": weight_decay,
+                    "decay": 1 - lr * weight_decay, "log_beta1": _log(beta1),
                     "log_beta2": _log(beta2)},
            flags={"WEIGHT_DECAY": 0 if weight_decay == 0 else 2 if decoupled_weight_decay else 1,
                   "AMSGRAD": bool(amsgrad), "MAXIMIZE": bool(maximize)},
@@ -631,7 +633,7 @@ def fused_sgd(params, grads, momentum_buffers, master_params, lr, weight_decay, 
     _apply(optim_sgd_kernel, params, grads, [momentum_buffers if has_momentum else [], [], []],
            master_params, [], grad_scale, found_inf,
            scalars={"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
-                    "dampening": dampening},
+                    "omd": 1 - dampening},
            flags={"HAS_WD": weight_decay != 0, "HAS_MOMENTUM": has_momentum,
                   "NESTEROV": bool(nesterov), "FIRST_STEP": bool(is_first_step),
                   "MAXIMIZE": bool(maximize)})
@@ -656,7 +658,7 @@ def fused_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, maste
     _apply(optim_rmsprop_kernel, params, grads,
            [square_avgs, grad_avgs if centered else [],
             momentum_buffers if has_momentum else []], master_params, [], grad_scale, found_inf,
-           scalars={"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay,
-                    "momentum": momentum},
+           scalars={"lr": lr, "alpha": alpha, "oma": 1 - alpha, "eps": eps,
+                    "weight_decay": weight_decay, "momentum": momentum},
            flags={"HAS_WD": weight_decay != 0, "CENTERED": bool(centered),
                   "HAS_MOMENTUM": has_momentum, "MAXIMIZE": bool(maximize)})
