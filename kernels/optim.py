@@ -35,8 +35,9 @@ the dtypes are compile-time constants of the kernel. In the usual training loop 
 launches per step.
 
 Why the table is cached. Building it costs Python work and a host-to-device copy (a sync on
-pageable memory). The table is a pure function of the addresses, numels and dtypes, so it is kept
-in a small LRU keyed by exactly those: a training loop, whose tensors never move, builds it on the
+pageable memory). The table is a pure function of the addresses and numels (and the chunk size),
+so it is kept in a small LRU keyed by exactly those -- a freed tensor whose address is reused gets
+the right table by construction: a training loop, whose tensors never move, builds it on the
 first step and afterwards only launches. That also makes the launch CUDA-graph capturable after a
 first eager step (a table built during capture would need a host copy, which capture forbids: the
 launcher says so). Entries used in a capture are never evicted, since a graph replays the table's
@@ -61,9 +62,10 @@ kernel: fp32 math sees exactly the fp32 scalars torch's `tensor * python_float` 
 propagates as in torch: amsgrad's max uses tl.maximum(..., propagate_nan=ALL).
 
 Vector loads. The addresses come from memory, so the compiler cannot know their alignment; when
-every tensor of a group is 16-byte aligned (torch's allocations are) the launcher says so
-(ALIGNED) and the kernel asserts it with tl.multiple_of, and each chunk's full BLOCKs are loaded
-without a mask: 16-byte vector loads. Only a tensor's last partial block is masked.
+every tensor of a group is 16-byte aligned (torch's allocations are; a view at an odd offset
+goes to a group of its own) the launcher says so (ALIGNED) and the kernel asserts it with
+tl.multiple_of, and each chunk's full BLOCKs are loaded without a mask: 16-byte vector loads
+(checked in the PTX: ld.global.v4). Only a tensor's last partial block is masked.
 """
 import math
 from collections import OrderedDict
@@ -80,7 +82,7 @@ NCOL = tl.constexpr(8)
 NUM_WARPS = 8
 FORCE_BLOCK = None         # tests set a small BLOCK to cross chunks and blocks at small sizes
 TARGET_PROGRAMS = 1024     # aim for about this many programs (~8 per SM on an H100) ...
-MAX_CHUNK_BLOCKS = 32      # ... but no more than 32 BLOCKs (32K-64K elements) each
+MAX_CHUNK_BLOCKS = 32      # ... but no more than 32 BLOCKs (16K-64K elements) each
 ALIGN_BYTES = 16
 CACHE_SIZE = 64            # metadata tables kept (several optimizers / param groups per process)
 # Where the step counts are read: None = by their device (CPU: host; else in the kernel). Tests
