@@ -427,3 +427,22 @@ def test_gpu_capturable_adam_replays_in_a_cuda_graph():
     torch.cuda.synchronize()
     _assert_params_close(mine, ref, **TOL[torch.float32])
     assert float(opts[1].state[mine[0]]["step"]) == 5
+
+
+def test_increment_steps_op():
+    """The step counter op: +1 on every tensor, nothing when found_inf != 0, checks first."""
+    op = torch.ops.leedl_fast.increment_steps.default
+    steps = [torch.tensor(3.0), torch.zeros(()), torch.full((1,), 7.0)]
+    op(steps, None)
+    assert [float(s) for s in steps] == [4.0, 1.0, 8.0]
+    op(steps, torch.ones(1))
+    op(steps, torch.full((1,), float("nan")))
+    assert [float(s) for s in steps] == [4.0, 1.0, 8.0]
+    op(steps, torch.zeros(1))
+    assert [float(s) for s in steps] == [5.0, 2.0, 9.0]
+    with pytest.raises(RuntimeError, match=r"steps\[1\] must be a 1-element float32"):
+        op([torch.zeros(()), torch.zeros((), dtype=torch.float64)], None)
+    with pytest.raises(RuntimeError, match=r"steps\[0\] must be a 1-element float32"):
+        op([torch.zeros(2)], None)
+    torch.library.opcheck(op, ([torch.tensor(1.0), torch.tensor(2.0)], None))
+    torch.library.opcheck(op, ([torch.tensor(1.0)], torch.ones(1)))

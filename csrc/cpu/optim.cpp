@@ -539,9 +539,20 @@ void fused_rmsprop(at::TensorList params, at::TensorList grads, at::TensorList s
   run_all(RmspropOp{lr, alpha, eps, weight_decay, momentum, centered}, slots, c);
 }
 
+void increment_steps(at::TensorList steps, const std::optional<at::Tensor>& found_inf) {
+  const char* op = "increment_steps";
+  for (size_t i = 0; i < steps.size(); ++i)  // every check before the first write
+    scalar_value(op, "steps[" + std::to_string(i) + "]", steps[i]);
+  if (found_inf.has_value() && found_inf->defined() &&
+      scalar_value(op, "found_inf", *found_inf) != 0.f)
+    return;
+  for (const at::Tensor& s : steps) *s.data_ptr<float>() += 1.f;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(leedl_fast, CPU, m) {
+  m.impl("increment_steps", &increment_steps);
   m.impl("fused_adam", &fused_adam);
   m.impl("fused_sgd", &fused_sgd);
   m.impl("fused_adagrad", &fused_adagrad);

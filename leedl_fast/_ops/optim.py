@@ -38,8 +38,21 @@ def _fake(*args, **kwargs):
     return None
 
 
-for _op in OPS:
+for _op in OPS + ("increment_steps",):
     torch.library.register_fake(f"leedl_fast::{_op}")(_fake)
+
+
+@torch.library.register_kernel("leedl_fast::increment_steps", "cuda")
+def _(steps, found_inf=None):
+    """On the GPU the counts are incremented by one list op, reading found_inf on the device
+    (no host sync: CUDA-graph safe)."""
+    if not steps:
+        return
+    if found_inf is None:
+        torch._foreach_add_(steps, 1)
+    else:
+        keep = (found_inf.reshape(()) == 0).to(torch.float32)
+        torch._foreach_add_(steps, [keep] * len(steps))
 
 
 def _triton(name):
