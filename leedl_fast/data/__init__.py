@@ -2,7 +2,8 @@
 every machine.
 
     images.py     generated shape images for the CNNs; Go-like board positions
-    text.py       slot-tagging sentences from templates; a character corpus from the Python
-                  standard library's source files
-    sequences.py  copy / reverse / sort tasks for seq2seq; masked-LM and next-token batches
+    text.py       slot-tagging sentences from templates
+    corpus.py     a character corpus from the Python standard library's source files, and
+                  next-token batches
+    sequences.py  copy / reverse / sort tasks for seq2seq
 """

@@ -7,7 +7,8 @@ tests and the baseline of the benchmarks.
 
     cnn.py          ImageCNN, SeparableImageCNN, distillation_loss (ch4, ch17), GoPolicyCNN (ch4.8)
     rnn.py          LSTMTagger (ch5 slot filling), CharLSTM (a character language model)
-    transformer.py  Seq2SeqTransformer (ch7), GPT (ch10.3), BERT (ch10.2)
+    seq2seq.py      Seq2SeqTransformer (ch7: encoder-decoder, greedy and beam search)
+    transformer.py  GPT (ch10.3), BERT (ch10.2)
 """
 import importlib
 
@@ -15,8 +16,8 @@ _WHERE = {
     "ImageCNN": "cnn", "SeparableImageCNN": "cnn", "distillation_loss": "cnn",
     "GoPolicyCNN": "cnn", "CNNConfig": "cnn", "GoConfig": "cnn",
     "LSTMTagger": "rnn", "CharLSTM": "rnn", "TaggerConfig": "rnn", "CharLSTMConfig": "rnn",
-    "Seq2SeqTransformer": "transformer", "GPT": "transformer", "BERT": "transformer",
-    "Seq2SeqConfig": "transformer", "GPTConfig": "transformer", "BERTConfig": "transformer",
+    "Seq2SeqTransformer": "seq2seq", "GPT": "transformer", "BERT": "transformer",
+    "Seq2SeqConfig": "seq2seq", "GPTConfig": "transformer", "BERTConfig": "transformer",
 }
 __all__ = sorted(_WHERE)
 
