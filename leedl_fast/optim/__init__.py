@@ -92,8 +92,9 @@ class _Fused:
             state.update(self._new_state(p, group))
         master = group.get("master_weights", False) and p.dtype in _LOW
         want = torch.float32 if master else p.dtype
-        if master and "master_param" not in state:
-            state["master_param"] = p.detach().float().contiguous()
+        if master and (state.get("master_param") is None
+                       or state["master_param"].numel() != p.numel()):
+            state["master_param"] = p.detach().float().contiguous()  # never zeros
         for key in keys + (("master_param",) if master else ()):
             t = state.get(key)
             if t is None or t.numel() != p.numel():
@@ -136,13 +137,17 @@ class _Fused:
                 _ops.check_param(f"optim.{type(self).__name__}", 0, p, g)
             state = self.state.get(p)  # .get: plain SGD keeps no state, as torch's
             rec = checked.get(id(p))
+            # p itself is re-checked too: `p.data = ...` (module.to/.half(), a resize) keeps the
+            # Parameter and its state objects but not its dtype, numel or device
             if rec is None or rec[0] is not state or rec[1] is not p or rec[2] != keys or \
                     any(state.get(k) is not t for k, t in zip(keys, rec[3])) or \
-                    (rec[4] and state.get("master_param") is not rec[5]):
+                    (rec[4] and state.get("master_param") is not rec[5]) or \
+                    p.dtype is not rec[6] or p.numel() != rec[7] or p.device != rec[8]:
                 _ops.check_param(f"optim.{type(self).__name__}", 0, p, g)
                 state, master = self._prepare(p, group, keys)
                 checked[id(p)] = rec = (self.state.get(p), p, keys, [state[k] for k in keys],
-                                        master, state.get("master_param"))
+                                        master, state.get("master_param"), p.dtype, p.numel(),
+                                        p.device)
             tensors = rec[3]
             master = rec[4]
             fast = g.is_contiguous() and p.is_contiguous()
@@ -303,7 +308,9 @@ class SGD(_Fused, torch.optim.SGD):
             return {}, False  # plain SGD keeps no state, as torch's
         state, master = super()._prepare(p, group, keys)
         buf = state.get("momentum_buffer")
-        if buf is not None:
+        if "momentum_buffer" in state and (buf is None or buf.numel() != p.numel()):
+            del state["momentum_buffer"]  # None (torch < 2 saved it so) or p resized: start anew
+        elif buf is not None:
             want = torch.float32 if master else p.dtype
             if buf.dtype != want or buf.device != p.device or not buf.is_contiguous():
                 state["momentum_buffer"] = buf.to(device=p.device, dtype=want).contiguous()
