@@ -98,3 +98,62 @@ def test_sgd_checkpoint_with_a_none_momentum_buffer(backend):
         _step(opts[1], backend)
     for a, b in zip(mine, ref):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_adagrad_master_sum_starts_at_the_fp32_initial_value(backend):
+    """With master weights the state is fp32, but torch's __init__ made the sum in bf16: it
+    started at bf16(0.1) = 0.10009765625, not 0.1 (a 1e-3 error in every step's size)."""
+    p = torch.nn.Parameter(torch.randn(4, dtype=torch.bfloat16))
+    q = torch.nn.Parameter(torch.randn(4, dtype=torch.bfloat16))
+    opt = LO.Adagrad([p], lr=0.1, initial_accumulator_value=0.1, master_weights=True)
+    opt.add_param_group({"params": [q]})  # the lazily made state too
+    p.grad = torch.zeros_like(p)
+    q.grad = torch.zeros_like(q)
+    _step(opt, backend)
+    want = torch.full((4,), 0.1, dtype=torch.float32)
+    for t in (p, q):
+        assert opt.state[t]["sum"].dtype == torch.float32
+        torch.testing.assert_close(opt.state[t]["sum"], want, rtol=0, atol=0)
+
+
+def test_load_state_dict_releases_the_replaced_state():
+    """The step's check cache kept references to every state tensor it had seen: after
+    load_state_dict, a param that does not step again (frozen, grad None) kept its old state
+    alive -- a second copy of the optimizer state."""
+    import gc
+    import weakref
+
+    p = torch.nn.Parameter(torch.randn(1000))
+    opt = LO.Adam([p], lr=1e-2)
+    p.grad = torch.randn(1000)
+    opt.step()
+    saved = {"state": {0: {k: v.clone() for k, v in opt.state[p].items()}},
+             "param_groups": opt.state_dict()["param_groups"]}
+    old = weakref.ref(opt.state[p]["exp_avg"])
+    opt.load_state_dict(saved)
+    gc.collect()
+    assert old() is None
+    p.grad = torch.randn(1000)
+    opt.step()  # and the cache is rebuilt
+    assert opt.state[p]["exp_avg"].numel() == 1000
+
+
+@pytest.mark.parametrize("cls", [LO.Adam, LO.AdamW, LO.RMSprop])
+def test_graph_capture_without_capturable_is_refused(cls, monkeypatch):
+    """Captured with capturable=False, the step counts stay on the host: their increment runs
+    once, at capture, and the bias corrections are baked into the graph (every replay uses
+    step 1's). torch's optimizers refuse this capture; ours went on silently. (Simulated: no
+    GPU here.)"""
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.randn(3)
+    opt = cls([p], lr=1e-2)
+    opt.step()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="capturable is False"):
+        opt.step()
+    capturable = cls([p], lr=1e-2, capturable=True)
+    capturable.step()  # allowed
+    sgd = LO.SGD([p], lr=1e-2, momentum=0.9)
+    sgd.step()  # no step counts: torch's SGD does not check either

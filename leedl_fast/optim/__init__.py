@@ -63,6 +63,7 @@ class _Fused:
         """torch's load, then the fp32 master copies and state restored at full precision
         (torch casts a param's floating state to the param's dtype on load)."""
         super().load_state_dict(state_dict)
+        self.__dict__.pop("_checked", None)  # it holds the replaced state tensors
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
@@ -107,8 +108,22 @@ class _Fused:
             state["step"] = step.float()
         return state, master
 
+    _capture_needs_capturable = False  # Adam/AdamW/RMSprop: as torch's, capture needs it
+
+    def _check_capture(self):
+        """torch's graph-capture health check: capturing a step with capturable=False bakes
+        the host step counts (bias corrections) and runs their increment once, at capture."""
+        if torch.compiler.is_compiling() or not torch.cuda.is_available():
+            return
+        if torch.cuda.is_current_stream_capturing() and \
+                not all(g.get("capturable", False) for g in self.param_groups):
+            raise RuntimeError(f"Attempting CUDA graph capture of step() for an instance of "
+                               f"{type(self).__name__} but param_groups' capturable is False.")
+
     @torch.no_grad()
     def step(self, closure=None):
+        if self._capture_needs_capturable:
+            self._check_capture()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -220,6 +235,8 @@ def _adam_keys(self, group):
 class Adam(_Fused, torch.optim.Adam):
     """torch.optim.Adam with a fused multi-tensor step (BOOK.md §3.3.3: RMSProp + momentum)."""
 
+    _capture_needs_capturable = True
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
@@ -239,6 +256,8 @@ class Adam(_Fused, torch.optim.Adam):
 
 class AdamW(_Fused, torch.optim.AdamW):
     """torch.optim.AdamW (decoupled weight decay) with a fused multi-tensor step."""
+
+    _capture_needs_capturable = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
@@ -329,12 +348,18 @@ class Adagrad(_Fused, torch.optim.Adagrad):
         super().__init__(params, lr, lr_decay, weight_decay, initial_accumulator_value, eps,
                          foreach, maximize=maximize, differentiable=differentiable, fused=fused)
         self._fused_init("Adagrad", differentiable, master_weights)
+        for group in self.param_groups:  # torch's sums are in the param dtype: with master
+            for p in group["params"]:    # weights, start the fp32 sum at the exact value
+                if group["master_weights"] and p.dtype in _LOW:
+                    self.state[p]["sum"] = self._new_state(p, group)["sum"]
 
     _keys = ("sum",)
 
     def _new_state(self, p, group):  # torch fills the state in __init__; this is a fallback
+        master = group.get("master_weights", False) and p.dtype in _LOW
         return {"step": torch.tensor(0.0, dtype=torch.float32),
                 "sum": torch.full_like(p, group["initial_accumulator_value"],
+                                       dtype=torch.float32 if master else p.dtype,
                                        memory_format=torch.contiguous_format)}
 
     def _launch(self, group, e, gs, fi, run):
@@ -345,6 +370,8 @@ class Adagrad(_Fused, torch.optim.Adagrad):
 
 class RMSprop(_Fused, torch.optim.RMSprop):
     """torch.optim.RMSprop (centered, momentum) with a fused multi-tensor step (BOOK.md §3.3.2)."""
+
+    _capture_needs_capturable = True
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
