@@ -545,17 +545,34 @@ def _groups(params, grads, states, master_params, steps):
     (empty = unused) for the columns S0..S2. Empty tensors are left out (nothing to do)."""
     groups = {}
     in_kernel = STEPS_IN_KERNEL
+    device = params[0].device
     for i, p in enumerate(params):
         n = p.numel()
-        if n == 0:
-            continue
         g = grads[i]
         st = [s[i] if s else None for s in states]
+        m = master_params[i] if master_params else None
+        # The kernel trusts these addresses: the cheap checks that keep every access in
+        # bounds, here where each tensor is visited anyway (the validated entries in
+        # leedl_fast/_ops/optim.py check more, once; a direct torch.ops call lands here).
+        for name, t, used in (("grads", g, True), *(
+                (f"state list {j}", t, bool(states[j])) for j, t in enumerate(st)),
+                ("master_params", m, bool(master_params))):
+            if not used:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}[{i}] must be a tensor, got {type(t).__name__}")
+            if t.numel() != n or t.device != device or not t.is_contiguous():
+                raise ValueError(f"{name}[{i}] must be a contiguous tensor of params[{i}]'s "
+                                 f"{n} elements on {device}, got {t.numel()} elements on "
+                                 f"{t.device} (contiguous: {t.is_contiguous()})")
+        if p.device != device or not p.is_contiguous():
+            raise ValueError(f"params[{i}] must be contiguous and on {device}")
+        if n == 0:
+            continue
         sdt = {s.dtype for s in st if s is not None}
         if len(sdt) > 1:
             raise TypeError(f"optimizer state of tensor {i}: mixed dtypes {sorted(map(str, sdt))}")
         sdt = sdt.pop() if sdt else p.dtype
-        m = master_params[i] if master_params else None
         ptrs = [p.data_ptr(), g.data_ptr()] + [0 if s is None else s.data_ptr() for s in st] + \
             [0 if m is None else m.data_ptr()]
         aligned = all(a % ALIGN_BYTES == 0 for a in ptrs)
@@ -564,8 +581,9 @@ def _groups(params, grads, states, master_params, steps):
             step = steps[i]
             on_device = step.device.type != "cpu" if in_kernel is None else in_kernel
             if on_device:
-                if step.dtype != torch.float32:
-                    raise TypeError(f"steps[{i}]: the kernel reads float32 steps, got {step.dtype}")
+                if step.dtype != torch.float32 or step.device != device:
+                    raise TypeError(f"steps[{i}]: the kernel reads float32 steps on {device}, "
+                                    f"got {step.dtype} on {step.device}")
                 step_ptr = step.data_ptr()
             else:
                 t = float(step.reshape(-1)[0])
@@ -581,6 +599,10 @@ def _apply(kernel, params, grads, states, master_params, steps, grad_scale, foun
     if not params:
         return
     device = params[0].device
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is not None and (t.device != device or t.numel() != 1 or t.dtype != torch.float32):
+            raise ValueError(f"{name} must be a 1-element float32 tensor on {device}, got "
+                             f"{t.numel()} {t.dtype} elements on {t.device}")
     for (pdt, gdt, sdt, mdt, on_device, t, aligned), rows in _groups(
             params, grads, states, master_params, steps).items():
         itemsize = max(d.itemsize for d in (pdt, gdt, sdt, mdt) if d is not None)

@@ -446,3 +446,18 @@ def test_increment_steps_op():
         op([torch.zeros(2)], None)
     torch.library.opcheck(op, ([torch.tensor(1.0), torch.tensor(2.0)], None))
     torch.library.opcheck(op, ([torch.tensor(1.0)], torch.ones(1)))
+
+
+def test_step_counts_follow_torch_placement_after_a_load():
+    """A fused (device-step) checkpoint loaded into a non-fused optimizer: every count ends on
+    the host, as torch would create it, so one list never mixes devices."""
+    ref = _params()
+    opt = LO.Adam(ref, fused=True)
+    _run_steps((opt, opt), (ref, ref), "cpu", 1)
+    saved = opt.state_dict()
+    mine = _clone(ref)
+    again = LO.Adam(mine)
+    again.load_state_dict(saved)
+    _run_steps((again, again), (mine, mine), "cpu", 1)
+    assert all(s["step"].device.type == "cpu" and s["step"].dtype == torch.float32
+               for s in again.state.values())

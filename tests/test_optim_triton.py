@@ -446,3 +446,18 @@ def test_gpu_cuda_graph_capture(variant):
     for name in ("params", "grads"):
         for got, was in zip(lists[name], before[name]):
             assert torch.equal(got, was)
+
+
+def test_launcher_refuses_out_of_bounds_lists():
+    """A direct call with a state smaller than its param, a None entry, or a misplaced
+    grad_scale is refused before any address reaches the kernel."""
+    p, g = torch.randn(50), torch.randn(50)
+    step = [torch.ones(())]
+    with pytest.raises(ValueError, match=r"state list 0\[0\].*50 elements"):
+        kernels.fused_adam([p], [g], [torch.zeros(5)], [torch.zeros(50)], [], [], step, 1e-3,
+                           0.9, 0.999, 1e-8, 0.0, False, False, False)
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a tensor"):
+        kernels.fused_sgd([p], [None], [], [], 0.1, 0.0, 0.0, 0.0, False, False, False)
+    with pytest.raises(ValueError, match="grad_scale"):
+        kernels.fused_sgd([p], [g], [], [], 0.1, 0.0, 0.0, 0.0, False, False, False,
+                          torch.ones(2))

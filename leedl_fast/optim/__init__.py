@@ -104,8 +104,14 @@ class _Fused:
             if t.dtype != want or t.device != p.device or not t.is_contiguous():
                 state[key] = t.to(device=p.device, dtype=want).contiguous()
         step = state.get("step")
-        if isinstance(step, torch.Tensor) and step.dtype != torch.float32:
-            state["step"] = step.float()
+        if isinstance(step, torch.Tensor):
+            # torch's placement: on the param's device when capturable or fused, else the host.
+            # A checkpoint from the other kind of optimizer is moved, so every count of a
+            # list lives on one device (increment_steps and the kernels need that).
+            on_device = group.get("capturable", False) or group.get("fused", False)
+            where = p.device if on_device else torch.device("cpu")
+            if step.dtype != torch.float32 or step.device != where:
+                state["step"] = step.to(device=where, dtype=torch.float32)
         return state, master
 
     _capture_needs_capturable = False  # Adam/AdamW/RMSprop: as torch's, capture needs it
