@@ -75,6 +75,7 @@ class Case:
     build: Callable[[], dict[str, Callable[[], Any]]]
     target: tuple[str, float] | None = None
     flops: int = 0  # useful FLOPs of one iteration, for compute-bound ops (TFLOP/s column)
+    memory: bool = False  # GPU: note each candidate's peak allocated memory (its first call)
 
     @property
     def label(self) -> str:
@@ -333,6 +334,9 @@ def run_case(case: Case, *, compile: bool, min_run_time: float, rounds: int, cei
             del fns[name]
             continue
         start = time.perf_counter()
+        gpu_memory = case.memory and case.device.startswith("cuda")
+        if gpu_memory:
+            torch.cuda.reset_peak_memory_stats()
         try:
             out = fns[name]()
             synchronize(case.device)
@@ -340,13 +344,16 @@ def run_case(case: Case, *, compile: bool, min_run_time: float, rounds: int, cei
             notes[name] = _failure(name, exc)
             del fns[name]
             continue
+        else:
+            if gpu_memory:
+                notes[name] = f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
         finally:
             if name == COMPILE:
                 compile_state["spent"] += time.perf_counter() - start
         if name == EAGER:
             ref = out
         elif ref is not None and (note := mismatch(out, ref, case.dtype)):
-            notes[name] = note
+            notes[name] = f"{notes[name]}; {note}" if name in notes else note
         del out
     del ref
     counters = cpu_counters()
