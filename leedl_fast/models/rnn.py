@@ -17,11 +17,13 @@ loads into the other, and `leedl_fast.accelerate` turns the torch build into the
 
 Padding. leedl_fast.nn.LSTM has no PackedSequence path (it raises NotImplementedError), so the
 tagger runs on the padded batch as it is, pads at the end of each sentence, and the loss ignores
-the pad positions (tag -100, `ignore_index` of cross_entropy). The forward direction never sees
-a sentence's padding before its words; the *reverse* direction does read the pads first, so a
-word's reverse state depends a little on how much padding its batch has. Training sees the same
-kind of padding, so the model learns to start the reverse pass from "pad" states; for results
-independent of the batch, evaluate sentences in batches of equal length (or batch size 1).
+the pad positions (tag -100, `ignore_index` of cross_entropy). The first layer's forward
+direction never sees a sentence's padding before its words, but the reverse direction reads the
+pads first, and from the second layer on both directions take the first layer's reverse outputs
+as input: every output depends a little on how much padding the batch has. Training sees the
+same kind of padding, so the model learns to start its reverse pass from "pad" states: the tiny
+tagger after 60 training steps gives 98% of the tokens the same tag in a padded batch as alone
+(tests/test_models_rnn.py), after examples/lstm_tagger.py's training 100%. For results exactly independent of the batch, evaluate sentences of equal length together.
 The `lengths` argument of `LSTMTagger.forward` zeroes the logits at pad positions.
 """
 import dataclasses
@@ -32,17 +34,14 @@ import torch.nn.functional as F
 
 def _namespace(nn):
     if nn is None:
-        import leedl_fast.nn as nn
+        from leedl_fast import nn
     return nn
-
-
-def _with(cls, defaults, overrides):
-    return cls(**{**defaults, **overrides})
 
 
 @dataclasses.dataclass
 class TaggerConfig:
-    """Sizes of an LSTMTagger. `base()` is the benchmark size; `tiny()` trains in seconds."""
+    """Sizes of an LSTMTagger. The defaults are `base()`, the benchmark size; `tiny()` trains in
+    seconds. Both take overrides: TaggerConfig.tiny(dropout=0.0)."""
     vocab_size: int = 10_000
     embed_dim: int = 256
     hidden_size: int = 512
@@ -54,13 +53,12 @@ class TaggerConfig:
 
     @classmethod
     def tiny(cls, **overrides):
-        return _with(cls, dict(vocab_size=512, embed_dim=32, hidden_size=48, num_layers=2,
-                               num_tags=32, dropout=0.1), overrides)
+        return cls(**{"vocab_size": 512, "embed_dim": 32, "hidden_size": 48, "num_layers": 2,
+                      "num_tags": 32, **overrides})
 
     @classmethod
     def base(cls, **overrides):
-        return _with(cls, dict(vocab_size=10_000, embed_dim=256, hidden_size=512, num_layers=2,
-                               num_tags=128, dropout=0.1), overrides)
+        return cls(**overrides)
 
 
 class LSTMTagger(torch.nn.Module):
@@ -104,7 +102,8 @@ class LSTMTagger(torch.nn.Module):
 
 @dataclasses.dataclass
 class CharLSTMConfig:
-    """Sizes of a CharLSTM; vocab_size is the number of distinct characters."""
+    """Sizes of a CharLSTM; vocab_size is the number of distinct characters (pass the corpus's:
+    CharLSTMConfig.tiny(vocab_size=len(vocab))). The defaults are `base()`."""
     vocab_size: int = 128
     embed_dim: int = 128
     hidden_size: int = 512
@@ -113,13 +112,11 @@ class CharLSTMConfig:
 
     @classmethod
     def tiny(cls, **overrides):
-        return _with(cls, dict(vocab_size=128, embed_dim=32, hidden_size=128, num_layers=1),
-                     overrides)
+        return cls(**{"embed_dim": 32, "hidden_size": 128, "num_layers": 1, **overrides})
 
     @classmethod
     def base(cls, **overrides):
-        return _with(cls, dict(vocab_size=128, embed_dim=128, hidden_size=512, num_layers=2),
-                     overrides)
+        return cls(**overrides)
 
 
 class CharLSTM(torch.nn.Module):
