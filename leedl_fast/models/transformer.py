@@ -22,11 +22,9 @@ be 0; docs/attention.md), and both builds leave it out so that they stay the sam
 """
 import dataclasses
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as torch_F
-
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -34,7 +32,7 @@ def _namespace(nn):
     """(nn, fused): the module namespace, and whether it is leedl_fast's (which also selects
     leedl_fast's attention)."""
     if nn is None:
-        import leedl_fast.nn as nn
+        from leedl_fast import nn
     fused = nn.__name__.startswith("leedl_fast")
     if not fused and nn is not torch.nn:
         raise TypeError(f"nn must be leedl_fast.nn or torch.nn, got {nn!r}")
@@ -170,14 +168,14 @@ class GPTConfig:
     layers: int = 12
     mlp_ratio: int = 4
     dropout: float = 0.0
-    window: Optional[int] = None  # sliding-window attention: each token sees the last `window`
+    window: int | None = None  # sliding-window attention: each token sees the last `window`
     bias: bool = True
     tie_weights: bool = True     # the LM head reuses the token embedding matrix (GPT-2)
 
     @classmethod
     def tiny(cls, vocab_size=100, **overrides):
         """Character-level, for tests and examples (~0.1 M parameters)."""
-        return cls(**{**dict(vocab_size=vocab_size, context=64, d_model=64, heads=4, layers=2),
+        return cls(**{"vocab_size": vocab_size, "context": 64, "d_model": 64, "heads": 4, "layers": 2,
                       **overrides})
 
     @classmethod
@@ -306,8 +304,8 @@ class BERTConfig:
 
     @classmethod
     def tiny(cls, vocab_size=100, **overrides):
-        return cls(**{**dict(vocab_size=vocab_size, context=64, d_model=64, heads=4, layers=2,
-                             dropout=0.0), **overrides})
+        return cls(**{"vocab_size": vocab_size, "context": 64, "d_model": 64, "heads": 4, "layers": 2,
+                             "dropout": 0.0, **overrides})
 
     @classmethod
     def base(cls, **overrides):
