@@ -90,7 +90,7 @@ def main(argv=None):
     p.add_argument("--size", choices=("tiny", "base"), default="tiny")
     p.add_argument("--steps", type=int, default=400, help="training steps, teacher and student")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=None, help="tiny 3e-3, base 3e-4")
     p.add_argument("--train", type=int, default=None, help="training images (tiny 8192)")
     p.add_argument("--test", type=int, default=None, help="test images (tiny 2048)")
     p.add_argument("--temperature", type=float, default=4.0)
@@ -110,6 +110,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     config = CNNConfig.tiny() if args.size == "tiny" else CNNConfig.base()
+    lr = args.lr or (3e-3 if args.size == "tiny" else 3e-4)
     n_train = args.train or (8192 if args.size == "tiny" else 1024)
     n_test = args.test or (2048 if args.size == "tiny" else 256)
     make = {"size": config.image_size, "channels": config.in_channels,
@@ -119,7 +120,7 @@ def main(argv=None):
 
     teacher = ImageCNN(config)
     t0 = time.perf_counter()
-    first, last = train(teacher, train_data, args.steps, args.batch, args.lr, g,
+    first, last = train(teacher, train_data, args.steps, args.batch, lr, g,
                         lambda m, x, y: F.cross_entropy(m(x), y))
     t_teacher = time.perf_counter() - t0
     teacher.eval()
@@ -136,14 +137,14 @@ def main(argv=None):
                                  alpha=args.alpha)
 
     t0 = time.perf_counter()
-    first, last = train(student, train_data, args.steps, args.batch, args.lr, g, distil)
+    first, last = train(student, train_data, args.steps, args.batch, lr, g, distil)
     t_student = time.perf_counter() - t0
     acc_student = accuracy(student, test_x, test_y)
     print(f"student  SeparableImageCNN  loss {first:.3f} -> {last:.3f}  "
           f"test accuracy {acc_student:.1%}  ({t_student:.1f} s)")
     if args.compare_scratch:
         scratch = SeparableImageCNN(config)
-        train(scratch, train_data, args.steps, args.batch, args.lr, g,
+        train(scratch, train_data, args.steps, args.batch, lr, g,
               lambda m, x, y: F.cross_entropy(m(x), y))
         print(f"         the same student trained on the labels alone: test accuracy "
               f"{accuracy(scratch, test_x, test_y):.1%}")
