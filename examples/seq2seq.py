@@ -6,7 +6,12 @@ fraction of outputs that are exactly right.
     python examples/seq2seq.py --task sort
     python examples/seq2seq.py --nn torch       # the same model from torch.nn (the baseline)
 
-Measured on the 2-core CPU build machine (defaults, seed 0): PUT_NUMBERS_HERE
+Measured on the 2-core CPU build machine (defaults: reverse, 700 steps of 64, lengths 2-8,
+10 task tokens, seed 0, one thread): loss 2.79 -> 0.014, exact-sequence accuracy on 200
+held-out sequences greedy 97.0%, beam 4 97.0%; 20.8 s of training, 25 s in all. --task sort:
+100% / 100% in 20.2 s. --nn torch (same model from torch.nn): 97.5% / 98.0% in 18.6 s -- at
+this size the step is Python and dispatch overhead, not kernels. Two threads on the same,
+partly busy machine ran a step 3x slower (90 vs 30 ms): hence --threads 1 by default.
 """
 import argparse
 import time
@@ -25,9 +30,9 @@ TASKS = {"reverse": sequences.reverse_task, "sort": sequences.sort_task,
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=sorted(TASKS), default="reverse")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=700)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--vocab", type=int, default=13, help="3 special ids + the task's tokens")
     p.add_argument("--min-len", type=int, default=2)
     p.add_argument("--max-len", type=int, default=8)

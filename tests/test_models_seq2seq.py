@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from typing import ClassVar
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def _one_thread():
 
 
 def _config(**overrides):
-    values = dict(src_vocab=VOCAB, tgt_vocab=VOCAB, dropout=0.0, max_len=16)
+    values = {"src_vocab": VOCAB, "tgt_vocab": VOCAB, "dropout": 0.0, "max_len": 16}
     return Seq2SeqConfig.tiny(**{**values, **overrides})
 
 
@@ -248,7 +249,7 @@ def test_greedy_equals_beam_of_one(trained, held_out):
     beam, score = model.beam_search(b.src, 1, 8, BOS, EOS, src_pad_mask=b.src_pad_mask)
     assert torch.equal(greedy, beam)
     torch.testing.assert_close(
-        score, model.sequence_score(b.src, greedy, EOS, BOS, src_pad_mask=b.src_pad_mask),
+        score, model.sequence_score(b.src, greedy, BOS, EOS, src_pad_mask=b.src_pad_mask),
         rtol=1e-5, atol=1e-5)
     # Outputs: EOS then only padding.
     for row in greedy:
@@ -268,9 +269,9 @@ def test_beam_search_scores_at_least_greedy(trained, held_out, length_penalty):
     tokens, score = model.beam_search(b.src, 4, 8, BOS, EOS, length_penalty,
                                       src_pad_mask=b.src_pad_mask)
     # The returned score is the score of the returned tokens.
-    rescored = model.sequence_score(b.src, tokens, EOS, BOS, length_penalty, b.src_pad_mask)
+    rescored = model.sequence_score(b.src, tokens, BOS, EOS, length_penalty, b.src_pad_mask)
     torch.testing.assert_close(score, rescored, rtol=1e-5, atol=1e-5)
-    greedy_score = model.sequence_score(b.src, greedy, EOS, BOS, length_penalty, b.src_pad_mask)
+    greedy_score = model.sequence_score(b.src, greedy, BOS, EOS, length_penalty, b.src_pad_mask)
     assert (score >= greedy_score - 1e-5).sum() >= len(score) - 1, (score, greedy_score)
     assert score.mean() >= greedy_score.mean() - 1e-6
 
@@ -279,8 +280,8 @@ class _TableModel(Seq2SeqTransformer):
     """Next-token probabilities from a table keyed by the last token: greedy's first choice (A)
     leads to a flat, never-ending continuation; the runner-up (B) is followed by EOS at 0.9."""
     A, B = 3, 4
-    TABLE = {BOS: {A: 0.5, B: 0.4, EOS: 0.1}, A: {A: 0.36, B: 0.34, EOS: 0.3},
-             B: {EOS: 0.9, A: 0.05, B: 0.05}}
+    TABLE: ClassVar[dict] = {BOS: {A: 0.5, B: 0.4, EOS: 0.1}, A: {A: 0.36, B: 0.34, EOS: 0.3},
+                             B: {EOS: 0.9, A: 0.05, B: 0.05}}
 
     def encode(self, src, src_pad_mask=None):
         return torch.zeros(src.shape[0], 1, 1)
@@ -308,7 +309,7 @@ def test_beam_search_finished_hypotheses():
     tokens, score = model.beam_search(src, 2, 4, BOS, EOS)
     assert tokens[0, :2].tolist() == [model.B, EOS] and (tokens[0, 2:] == PAD).all()
     torch.testing.assert_close(score, torch.tensor([math.log(0.4 * 0.9)]))
-    torch.testing.assert_close(model.sequence_score(src, greedy, EOS, BOS),
+    torch.testing.assert_close(model.sequence_score(src, greedy, BOS, EOS),
                                torch.tensor([math.log(0.5 * 0.36 ** 3)]))
 
 
@@ -327,6 +328,6 @@ def test_example_runs():
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "seq2seq.py"), "--steps", "20",
          "--eval", "16", "--batch", "32"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
     assert "exact-sequence accuracy" in result.stdout

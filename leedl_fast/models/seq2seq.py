@@ -45,12 +45,12 @@ class Seq2SeqConfig:
     @classmethod
     def base(cls, **overrides):
         """The original Transformer-base (Vaswani et al. 2017): d 512, 8 heads, 6 + 6 layers,
-        FFN 2048, dropout 0.1."""
-        values = dict(src_vocab=32000, tgt_vocab=32000, d_model=512, num_heads=8,
-                      num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
-                      dropout=0.1, max_len=512)
-        values.update(overrides)
-        return cls(**values)
+        FFN 2048, dropout 0.1. The embeddings and the output layer are not shared (the paper
+        shares them): 93 M parameters at a 32k vocabulary instead of 65 M."""
+        base = {"src_vocab": 32000, "tgt_vocab": 32000, "d_model": 512, "num_heads": 8,
+                "num_encoder_layers": 6, "num_decoder_layers": 6, "dim_feedforward": 2048,
+                "dropout": 0.1, "max_len": 512}
+        return cls(**{**base, **overrides})
 
 
 def sinusoidal_positions(max_len, d_model):
@@ -273,7 +273,7 @@ class Seq2SeqTransformer(torch.nn.Module):
         return tokens[rows, 1:], final.gather(1, best[:, None]).squeeze(1)
 
     @torch.no_grad()
-    def sequence_score(self, src, hyp, eos, bos, length_penalty=0.0, src_pad_mask=None):
+    def sequence_score(self, src, hyp, bos, eos, length_penalty=0.0, src_pad_mask=None):
         """The score beam_search ranks by, for any given outputs hyp (B, T) as the decoders
         return them: Σ log p(y_t | y_<t, src) up to and including the first EOS (the whole row
         when there is none), divided by the length penalty."""
