@@ -199,7 +199,7 @@ class Seq2SeqTransformer(torch.nn.Module):
     # ------------------------------------------------------------------------- decoding (§7.5)
     # Each step re-runs the decoder over the whole prefix (no key/value cache: the GPT model
     # shows that); the encoder runs once. Outputs exclude BOS, include the EOS, and are padded
-    # with config.pad_id after it.
+    # with config.pad_id after it. Call model.eval() first: dropout stays on in training mode.
 
     @staticmethod
     def _length_penalty(length, alpha):
