@@ -216,6 +216,17 @@ def accelerate(model, *, inplace=True, return_report=False):
                                              f"{_qualname(type(new))}"))
             elif (why := _left_reason(child)) is not None:
                 report.left.append((full, why))
+    for name, module in model.named_modules():
+        # torch's encoder layer (and the TransformerEncoder around it) takes a native fused path
+        # in eval/no_grad that ignores its submodules' classes, so the swapped attention and
+        # norms would never run; activation_relu_or_gelu = 0 is the flag that turns that path
+        # off (the slow path keeps calling self.activation, so the math is unchanged).
+        if isinstance(module, torch.nn.TransformerEncoderLayer) and \
+                getattr(module, "activation_relu_or_gelu", 0) and \
+                isinstance(module.self_attn, lf_nn.MultiheadAttention):
+            module.activation_relu_or_gelu = 0
+            report.swapped.append((name, "torch's native encoder-layer fast path turned off, so "
+                                         "the leedl_fast modules run"))
     slot_counts = _slot_counts(model)
     for name, module in list(model.named_modules()):
         if type(module) is torch.nn.Sequential:

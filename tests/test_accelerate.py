@@ -52,7 +52,8 @@ def test_torch_transformer_layers_and_rnn_root():
         want_enc, want_dec = enc(src), dec(tgt, src)
     enc2, report = leedl_fast.accelerate(enc, inplace=False, return_report=True)
     dec2, report_dec = leedl_fast.accelerate(dec, inplace=False, return_report=True)
-    assert len(report.swapped) == 6 and len(report_dec.swapped) == 5  # 2 MHA + 3 LN
+    assert len(report.swapped) == 8 and len(report_dec.swapped) == 5  # 2 MHA + 3 LN
+    assert sum("fast path" in what for _, what in report.swapped) == 2
     with torch.no_grad():
         torch.testing.assert_close(enc2(src), want_enc, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(dec2(tgt, src), want_dec, rtol=1e-4, atol=1e-5)
@@ -64,3 +65,17 @@ def test_torch_transformer_layers_and_rnn_root():
 def test_bad_model_argument():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         leedl_fast.accelerate("not a model")
+
+
+def test_encoder_layer_fast_path_no_longer_bypasses_the_swapped_modules():
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        want = layer(x)
+    leedl_fast.accelerate(layer)
+    calls = []
+    layer.self_attn.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        got = layer(x)
+    assert calls, "the swapped attention did not run (torch's fused fast path took over)"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
