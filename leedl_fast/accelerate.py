@@ -140,12 +140,13 @@ class AccelerateReport:
     swapped: list = dataclasses.field(default_factory=list)  # (name, "torch X -> leedl_fast X")
     folded: list = dataclasses.field(default_factory=list)  # (name, what)
     left: list = dataclasses.field(default_factory=list)  # (name, why)
+    notes: list = dataclasses.field(default_factory=list)  # (name, what else was changed)
 
     def __str__(self):
         lines = [f"accelerate: {len(self.swapped)} swapped, {len(self.folded)} folded, "
                  f"{len(self.left)} left"]
         for title, rows in (("swapped", self.swapped), ("folded", self.folded),
-                            ("left", self.left)):
+                            ("left", self.left), ("note", self.notes)):
             lines += [f"  {title:8s} {name or '<model>'}: {what}" for name, what in rows]
         return "\n".join(lines)
 
@@ -225,7 +226,7 @@ def accelerate(model, *, inplace=True, return_report=False):
                 getattr(module, "activation_relu_or_gelu", 0) and \
                 isinstance(module.self_attn, lf_nn.MultiheadAttention):
             module.activation_relu_or_gelu = 0
-            report.swapped.append((name, "torch's native encoder-layer fast path turned off, so "
+            report.notes.append((name, "torch's native encoder-layer fast path turned off, so "
                                          "the leedl_fast modules run"))
     slot_counts = _slot_counts(model)
     for name, module in list(model.named_modules()):
