@@ -43,6 +43,18 @@ def _pick_gpu_impl(op, name):
     return impl
 
 
+def triton_kernel(family, name):
+    """The launcher `name` of kernels/<family>.py, imported when first called (triton is an
+    optional dependency): what a family passes to register_gpu as its Triton implementation."""
+    def run(*args):
+        import importlib
+
+        return getattr(importlib.import_module(f"leedl_fast.kernels.{family}"), name)(*args)
+
+    run.__name__ = f"{name}_triton"
+    return run
+
+
 def register_gpu(op, triton, cuda=None, default="triton"):
     """Register the "cuda"-device kernel of leedl_fast::<op>: `default` runs unless a backend
     is forced. A family makes "cuda" its default only once the GPU benchmark shows it faster;

@@ -16,7 +16,8 @@ import torch.nn.functional as torch_F
 
 from .. import _backend
 from ..reference import conv as reference
-from ._registry import call, register_autograd, register_gpu, register_no_double_backward
+from ._registry import (call, register_autograd, register_gpu, register_no_double_backward,
+                        triton_kernel)
 
 ACTIVATIONS = reference.ACTIVATIONS
 _SAVES_Z = ("gelu", "silu")  # activations whose derivative needs the pre-activation
@@ -109,18 +110,8 @@ register_no_double_backward("conv2d_bwd")
 
 # ------------------------------------------------------------------------ GPU registration
 
-def _triton(name):
-    def run(*args):
-        from leedl_fast.kernels import conv as kernels  # lazy: triton is optional
-
-        return getattr(kernels, name)(*args)
-
-    run.__name__ = f"{name}_triton"
-    return run
-
-
 for _op in ("conv2d_fwd", "conv2d_bwd", "conv2d_pool_fwd", "separable_conv2d_fwd"):
-    register_gpu(_op, triton=_triton(_op))
+    register_gpu(_op, triton=triton_kernel("conv", _op))
 
 
 # ------------------------------------------------------------------------------- validation

@@ -16,7 +16,7 @@ import torch
 
 from .. import _backend
 from ..reference import optim as reference
-from ._registry import register_gpu
+from ._registry import _pick_direct_impl, register_gpu, triton_kernel
 
 OPS = ("fused_adam", "fused_sgd", "fused_adagrad", "fused_rmsprop")
 PARAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -55,18 +55,8 @@ def _(steps, found_inf=None):
         torch._foreach_add_(steps, [keep] * len(steps))
 
 
-def _triton(name):
-    def run(*args):
-        from leedl_fast.kernels import optim as kernels  # lazy: triton is optional
-
-        return getattr(kernels, name)(*args)
-
-    run.__name__ = f"{name}_triton"
-    return run
-
-
 for _op in OPS:
-    register_gpu(_op, triton=_triton(_op))
+    register_gpu(_op, triton=triton_kernel("optim", _op))
 
 
 # ------------------------------------------------------------------------------- validation
@@ -178,10 +168,7 @@ def run(op, *args):
     if forced == "reference":
         return getattr(reference, op)(*args)
     if forced in ("triton", "cuda") and params[0].device.type == "cpu":
-        if not _backend.triton_interpreted():
-            raise RuntimeError(f"leedl_fast.{op}: backend 'triton' on CPU tensors needs the "
-                               "Triton interpreter (TRITON_INTERPRET=1 before triton is imported)")
-        return _triton(op)(*args)
+        return _pick_direct_impl(op)(*args)  # the Triton interpreter (tests)
     if forced == "cpu" and params[0].device.type != "cpu":
         raise RuntimeError(f"leedl_fast.{op}: backend 'cpu' cannot run "
                            f"{params[0].device.type} tensors")

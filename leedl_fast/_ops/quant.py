@@ -11,7 +11,7 @@ import torch
 
 from .. import _backend
 from ..reference import quant as reference
-from ._registry import call, register_autograd, register_gpu
+from ._registry import call, register_autograd, register_gpu, triton_kernel
 
 OPS = ("int8_weight_linear", "int4_weight_linear", "int8_dynamic_linear", "codebook_linear")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -74,18 +74,8 @@ for _op in OPS:
     _make_autograd(_op)
 
 
-def _triton(name):
-    def run(*args):
-        from leedl_fast.kernels import quant as kernels  # lazy: triton is optional
-
-        return getattr(kernels, name)(*args)
-
-    run.__name__ = f"{name}_triton"
-    return run
-
-
 for _op in OPS:
-    register_gpu(_op, triton=_triton(_op))
+    register_gpu(_op, triton=triton_kernel("quant", _op))
 
 
 # ----------------------------------------------------------------------------- the entry
