@@ -78,9 +78,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
                                    min_run_time=args.min_run_time, rounds=args.rounds,
                                    compile_budget=args.compile_budget)
     report.print_report(records, ceiling, args.device)
+    # Tables a family prints besides its timings (e.g. models: quantized size and accuracy);
+    # skipped under --only, which picks timing cases.
+    tables = {} if args.only else harness.collect_tables(args.families, args.device, args.quick)
+    for family_tables in tables.values():
+        report.print_tables(family_tables)
     run = report.run_metadata(args.device, ceiling, args.families,
                               sys.argv[1:] if argv is None else list(argv), args.quick, load)
     run["records"] = records
+    if tables:
+        run["tables"] = tables
     if args.save:
         for path in report.save(run):
             print(f"wrote {path}")

@@ -397,6 +397,17 @@ def collect_cases(families: list[str], device: str, quick: bool) -> list[Case]:
     return cases
 
 
+def collect_tables(families: list[str], device: str, quick: bool) -> dict[str, list[dict]]:
+    """{family: [{"title", "headers", "rows"}]} from the families that define `tables(device,
+    quick)`: results that are not timings (the models family's quantized accuracy)."""
+    out = {}
+    for family in families:
+        module = importlib.import_module(f"bench.{family}")
+        if hasattr(module, "tables"):
+            out[family] = module.tables(device, quick)
+    return out
+
+
 def run(cases: list[Case], *, device: str, compile: bool = True, min_run_time: float = 0.1,
         rounds: int = 5, compile_budget: float = math.inf) -> tuple[float, list[dict]]:
     """Measure the ceiling, then every case; returns (ceiling GB/s, records)."""

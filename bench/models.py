@@ -5,11 +5,16 @@ Candidates, each its own copy of the same initial weights:
     torch eager            the model built from torch.nn (`nn=torch.nn`), torch.optim.AdamW
     torch.compile          the same, the model wrapped in torch.compile (the optimizer eager)
     leedl_fast:<backend>   the model built from leedl_fast.nn (what accelerate() gives a torch
-                           model), leedl_fast.optim.AdamW
+                           model), leedl_fast.optim.AdamW; for inference in eval mode and passed
+                           through leedl_fast.accelerate, which folds each conv -> BN -> ReLU ->
+                           pool block into one fused conv (ImageCNN)
     leedl_fast + compile   the leedl_fast model wrapped in torch.compile
 The first call of each is checked against eager's (the loss or the logits), so a fast but wrong
 model shows up as MISMATCH. GPU rows note each candidate's peak allocated memory; the GPU runs
 in bf16 autocast with fp32 weights (the usual mixed-precision recipe), the CPU in fp32.
+
+After the timings: the quantized variants of the tiny models, trained briefly, with their size
+reduction and quality change (bench/model_quant.py).
 
 Throughput: tokens/s or images/s = the shape's batch x length (or batch) / time.
 """
@@ -110,9 +115,12 @@ def _builder(name, size, mode, batch, length, device):
         def candidate(nn, optimizer_cls, compiled):
             model = reference if nn is torch.nn and not compiled else make(size, nn).to(device)
             model.load_state_dict(state)
-            run = torch.compile(model) if compiled else model
             if mode == "infer":
                 model.eval()
+                if nn is not torch.nn:  # what a user does for inference: fold BN into convs
+                    leedl_fast.accelerate(model)
+            run = torch.compile(model) if compiled else model
+            if mode == "infer":
 
                 def infer():
                     with torch.no_grad(), autocast():
@@ -168,3 +176,10 @@ def cases(device: str, quick: bool) -> list[Case]:
                  device=device, nbytes=0, build=_builder(name, size, mode, batch, length, device),
                  target=target, memory=True)
             for name, size, mode, batch, length, target in grid]
+
+
+def tables(device: str, quick: bool) -> list[dict]:
+    """The quantized variants: size reduction and quality change (bench/model_quant.py)."""
+    from bench import model_quant
+
+    return [model_quant.table(device, quick)]

@@ -174,6 +174,12 @@ def print_report(records: list[dict], ceiling: float, device: str) -> None:
         print(format_text(ACCEPTANCE_HEADERS, acc))
 
 
+def print_tables(tables: list[dict]) -> None:
+    for t in tables:
+        print(f"\n== {t['title']} ==")
+        print(format_text(t["headers"], t["rows"]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------
@@ -211,6 +217,8 @@ def markdown(runs: list[dict]) -> str:
         acc = acceptance_rows(records)
         if acc:
             out.append(f"### acceptance\n\n{format_markdown(ACCEPTANCE_HEADERS, acc)}\n")
+        for t in run.get("tables", {}).get(family, []):
+            out.append(f"### {t['title']}\n\n{format_markdown(t['headers'], t['rows'])}\n")
     return "\n".join(out)
 
 
