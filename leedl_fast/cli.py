@@ -1,10 +1,12 @@
-"""`leedl-fast` command line: bench, info, check.
+"""`leedl-fast` command line: bench, info, check, roofline, test.
 
     leedl-fast bench [family ...] [--plot] [--no-compile] [--quick] ...   (= python -m bench ...)
     leedl-fast info                                                      versions, device, backends
-    leedl-fast check [pytest args ...]                                   pytest -q tests
+    leedl-fast check FILE --op OP [--device] [--backend]                 grade a student's kernel
+    leedl-fast roofline OP [--shape ...] [--plot]                        bytes, FLOPs, time bound
+    leedl-fast test [pytest args ...]                                    pytest -q tests
 
-`bench` and `check` need the repository (the benchmarks and tests are not part of the installed
+`bench` and `test` need the repository (the benchmarks and tests are not part of the installed
 package); with an editable install the repository is the parent of this package, otherwise the
 current directory is tried.
 """
@@ -79,7 +81,7 @@ def info() -> int:
     return 0
 
 
-def check(argv: list[str]) -> int:
+def test(argv: list[str]) -> int:
     root = repo_root()
     return subprocess.call([sys.executable, "-m", "pytest", "-q", "tests", *argv], cwd=root)
 
@@ -87,17 +89,28 @@ def check(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="leedl-fast",
-                                     description="leedl_fast: benchmarks, info, tests")
-    sub = parser.add_subparsers(dest="command", metavar="{bench,info,check}")
+                                     description="leedl_fast: benchmarks, labs, info, tests")
+    sub = parser.add_subparsers(dest="command", metavar="{bench,info,check,roofline,test}")
     sub.add_parser("bench", help="run benchmarks (see `leedl-fast bench --help`)", add_help=False)
     sub.add_parser("info", help="versions, device and available backends")
-    sub.add_parser("check", help="run the test suite (extra arguments go to pytest)",
+    sub.add_parser("check", help="grade your kernel for an op: correctness, then speed "
+                                 "(see `leedl-fast check --help`)", add_help=False)
+    sub.add_parser("roofline", help="an op's minimum bytes and FLOPs, the device's ceilings and "
+                                    "the time bound (see `leedl-fast roofline --help`)",
                    add_help=False)
-    # bench and check forward their arguments untouched (their own parsers own --help etc.).
+    sub.add_parser("test", help="run the test suite (extra arguments go to pytest)",
+                   add_help=False)
+    # These forward their arguments untouched (their own parsers own --help etc.).
     if argv and argv[0] == "bench":
         return bench(argv[1:])
     if argv and argv[0] == "check":
-        return check(argv[1:])
+        from .labs.check import main as check_main
+        return check_main(argv[1:])
+    if argv and argv[0] == "roofline":
+        from .labs.roofline_cli import main as roofline_main
+        return roofline_main(argv[1:])
+    if argv and argv[0] == "test":
+        return test(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()

@@ -1,0 +1,453 @@
+"""`leedl-fast check FILE --op OP`: grade a student's kernel for correctness and speed.
+
+The student's file is imported in a worker process (spawned fresh, so a segfault or a hang in
+the student's code kills only the worker: the checker reports it, starts a new worker and goes
+on with the next case). For each correctness case the worker builds fresh random inputs (odd
+sizes, non-contiguous layouts), calls the student's function with every tensor it allocates
+through torch.empty* poisoned with NaN, and compares each output with the float64 oracle under
+the op's tolerance (see leedl_fast/labs/spec.py). Then it times the reference, torch, leedl_fast
+and the student side by side and places each against the device's roofline.
+
+Exit status: 0 when every case passes, 1 when one fails (wrong, unwritten, crash, timeout), 2
+when the check cannot start (no such file, op or function).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+OURS = "leedl_fast"  # FILE value that checks leedl_fast's own kernel for the op
+
+
+@dataclasses.dataclass
+class Result:
+    label: str
+    status: str          # PASS, FAIL, ERROR, CRASH, TIMEOUT
+    message: str = ""
+    worst: float | None = None   # worst |error| / tolerance over all outputs (<= 1 passes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side
+# ----------------------------------------------------------------------------------------------
+
+_POISONED = ("empty", "empty_like", "empty_strided")
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """torch.empty / empty_like / empty_strided / Tensor.new_empty return NaN-filled tensors
+    (integer ones a sentinel, -123) while the student's function runs: an output element it
+    never writes then reads NaN instead of whatever memory held."""
+    import torch
+
+    def poison(t):
+        if isinstance(t, torch.Tensor) and t.numel():
+            if t.is_floating_point() or t.is_complex():
+                t.fill_(float("nan"))
+            elif t.dtype != torch.bool:
+                t.fill_(-123 if t.dtype not in (torch.uint8,) else 123)
+        return t
+
+    saved = {name: getattr(torch, name) for name in _POISONED}
+    saved_new = torch.Tensor.new_empty
+    try:
+        for name, fn in saved.items():
+            setattr(torch, name, (lambda f: lambda *a, **k: poison(f(*a, **k)))(fn))
+        torch.Tensor.new_empty = lambda self, *a, **k: poison(saved_new(self, *a, **k))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch, name, fn)
+        torch.Tensor.new_empty = saved_new
+
+
+def _load_candidate(path: str, spec, func: str | None):
+    """The callable to grade: the student's function, or leedl_fast's own for FILE=leedl_fast."""
+    if path == OURS:
+        return spec.ours
+    module_spec = importlib.util.spec_from_file_location(f"student_{spec.name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module
+    module_spec.loader.exec_module(module)
+    name = func or spec.name
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        found = sorted(k for k, v in vars(module).items()
+                       if callable(v) and not k.startswith("_") and
+                       getattr(v, "__module__", None) == module.__name__)
+        raise LookupError(f"{path} has no function {name!r} (expected {spec.signature}); "
+                          f"its functions: {', '.join(found) or 'none'}")
+    return fn
+
+
+def _sync(device):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _fmt_index(name, idx):
+    return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
+
+
+def compare(spec, got, expected, torch_out=None):
+    """(ok, worst ratio, message): each output against the float64 oracle. For fp16/bf16 the
+    allowance is the larger of the fixed tolerance and 3 x torch's own error there."""
+    import torch
+
+    from .spec import as_tuple
+
+    got, expected = as_tuple(got), as_tuple(expected)
+    if len(got) != len(expected):
+        return False, None, (f"returned {len(got)} output(s), expected {len(expected)}: "
+                             f"{', '.join(spec.outputs)}")
+    worst, where = 0.0, ""
+    torch_out = as_tuple(torch_out) if torch_out is not None else (None,) * len(got)
+    for name, g, e, t in zip(spec.outputs, got, expected, torch_out):
+        if not isinstance(g, torch.Tensor):
+            return False, None, f"output {name} is a {type(g).__name__}, not a tensor"
+        if tuple(g.shape) != tuple(e.shape):
+            return False, None, f"output {name} has shape {tuple(g.shape)}, expected {tuple(e.shape)}"
+        if g.device.type != e.device.type:
+            return False, None, f"output {name} is on {g.device}, expected {e.device.type}"
+        want_dtype = t.dtype if t is not None else g.dtype
+        if g.dtype != want_dtype:
+            return False, None, f"output {name} is {g.dtype}, expected {want_dtype}"
+        g64, e64 = g.detach().double(), e.detach().double()
+        atol, rtol = spec.tolerance(name)
+        allowed = atol + rtol * e64.abs()
+        if g.dtype in (torch.float16, torch.bfloat16) and t is not None:
+            allowed = torch.maximum(allowed, 3 * (t.double() - e64).abs() + atol)
+        bad_nan = ~torch.isfinite(g64) & torch.isfinite(e64)
+        if bad_nan.any():
+            idx = bad_nan.nonzero()[0].tolist()
+            return False, math.inf, (
+                f"{int(bad_nan.sum())} of {g.numel()} elements of {name} are NaN/inf where the "
+                f"oracle is finite, first at {_fmt_index(name, idx)} (an output element never "
+                f"written? outputs from torch.empty* start as NaN here; or an input read outside "
+                f"its strides? the gaps of a strided input hold NaN)")
+        err = (g64 - e64).abs().nan_to_num(0.0)
+        ratio = err / allowed
+        r = float(ratio.max()) if ratio.numel() else 0.0
+        if r > worst:
+            idx = (ratio == ratio.max()).nonzero()[0].tolist()
+            worst = r
+            where = (f"|err| {float(err.flatten()[ratio.flatten().argmax()]):.3g} at "
+                     f"{_fmt_index(name, idx)} (got {float(g64[tuple(idx)]):.6g}, "
+                     f"want {float(e64[tuple(idx)]):.6g})")
+    msg = f"worst {worst:.3g} of tolerance" + (f", {where}" if where else "")
+    return worst <= 1.0, worst, msg
+
+
+def _fresh(case, device, seed):
+    import torch
+
+    return case.make(device, case.dtype, torch.Generator().manual_seed(seed))
+
+
+def _run_case(spec, fn, case, device, seed):
+    import torch
+
+    from .spec import to_double
+
+    # Fresh and identical inputs for each party (the same seed): the student may not change
+    # its inputs, the oracle gets float64 copies, torch its own.
+    oracle_in = to_double(_fresh(case, device, seed))
+    expected = spec.oracle(**oracle_in)
+    if spec.inplace:
+        expected = tuple(oracle_in[n] for n in spec.inplace)
+    torch_out = None
+    if case.dtype in (torch.float16, torch.bfloat16):
+        tin = _fresh(case, device, seed)
+        torch_out = spec.torch_fn(**tin)
+        if spec.inplace:
+            torch_out = tuple(tin[n] for n in spec.inplace)
+    student_in = _fresh(case, device, seed)
+    pristine = _fresh(case, device, seed)
+    with poisoned_allocations():
+        got = fn(*[student_in[a] for a in spec.args])
+        _sync(device)
+    if spec.inplace:
+        got = tuple(student_in[n] for n in spec.inplace)
+    else:
+        for name in spec.args:
+            a, b = student_in[name], pristine[name]
+            if isinstance(a, torch.Tensor) and not torch.equal(a.nan_to_num(0.5), b.nan_to_num(0.5)):
+                return Result(case.label, "FAIL", f"modified its input {name!r} "
+                                                 "(inputs are read-only)")
+    ok, worst, msg = compare(spec, got, expected, torch_out)
+    return Result(case.label, "PASS" if ok else "FAIL", msg, worst)
+
+
+def _bench_case(spec, fn, case, device, seed, quick):
+    """[(candidate, seconds or None, note)] for the reference, torch, leedl_fast and the student."""
+    from .roofline import time_fn
+
+    candidates = [("reference", spec.reference), ("torch", spec.torch_fn),
+                  ("leedl_fast", spec.ours), ("yours", fn)]
+    rows = []
+    for name, candidate in candidates:
+        if candidate is None:
+            continue
+        inputs = _fresh(case, device, seed)
+        call = (lambda c, i: lambda: c(*[i[a] for a in spec.args]))(candidate, inputs) \
+            if name == "yours" else (lambda c, i: lambda: c(**i))(candidate, inputs)
+        try:
+            t0 = time.perf_counter()
+            call()
+            _sync(device)
+            first = time.perf_counter() - t0
+            # Slow candidates (the Triton interpreter) are timed by one more call, not a sweep.
+            if first > (0.5 if quick else 2.0):
+                t0 = time.perf_counter()
+                call()
+                _sync(device)
+                rows.append((name, time.perf_counter() - t0, "one call"))
+            else:
+                rows.append((name, time_fn(call, device, 0.05 if quick else 0.3), ""))
+        except Exception as e:  # a baseline that cannot run this case (e.g. a missing backend)
+            rows.append((name, None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+    return rows
+
+
+def _worker(conn, path, op, func, device, backend, quick):
+    if backend == "triton" and not device.startswith("cuda"):
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import torch  # noqa: F401
+
+        from .spec import get
+
+        spec = get(op)
+        fn = _load_candidate(path, spec, func)
+    except BaseException as e:  # the student's module failed to import: report, don't crash
+        conn.send(("load_error", f"{type(e).__name__}: {e}\n" +
+                   "".join(traceback.format_exc().splitlines(True)[-6:])))
+        return
+    conn.send(("ready", None))
+    cases = spec.cases(quick)
+    bench_cases = spec.bench_cases(quick)
+    while True:
+        kind, i = conn.recv()
+        if kind == "stop":
+            return
+        try:
+            if kind == "case":
+                conn.send(("result", _run_case(spec, fn, cases[i], device, 1000 + i)))
+            else:
+                from .roofline import ceilings
+
+                c = bench_cases[i]
+                rows = _bench_case(spec, fn, c, device, 2000 + i, quick)
+                inputs = _fresh(c, device, 2000 + i)
+                conn.send(("bench", (rows, spec.nbytes(inputs), spec.flops(inputs),
+                                     ceilings(device, c.dtype))))
+        except Exception as e:
+            tb = traceback.format_exc().splitlines()
+            where = next((line.strip() for line in reversed(tb)
+                          if line.strip().startswith("File")), "")
+            label = (cases if kind == "case" else bench_cases)[i].label
+            conn.send(("result", Result(label, "ERROR", f"{type(e).__name__}: {e} ({where})")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent side
+# ----------------------------------------------------------------------------------------------
+
+class _Worker:
+    def __init__(self, args):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, *args), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def request(self, msg, timeout):
+        """('ok', reply) | ('crash', description) | ('timeout', None)."""
+        if msg is not None:
+            try:
+                self.conn.send(msg)
+            except (BrokenPipeError, OSError):
+                return "crash", self._death()
+        if not self.conn.poll(timeout):
+            if self.proc.is_alive():
+                self.kill()
+                return "timeout", None
+        try:
+            return "ok", self.conn.recv()
+        except (EOFError, OSError):
+            return "crash", self._death()
+
+    def _death(self):
+        self.proc.join(5)
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            import signal
+
+            try:
+                return f"the process died of signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"the process died of signal {-code}"
+        return f"the process exited with status {code}"
+
+    def kill(self):
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+
+    def stop(self):
+        with contextlib.suppress(Exception):
+            self.conn.send(("stop", None))
+        self.proc.join(5)
+        self.kill()
+
+
+def _fmt_time(s):
+    if s is None:
+        return "-"
+    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
+          func: str | None = None, quick: bool | None = None, timeout: float = 60.0,
+          bench: bool = True, out=print) -> int:
+    """Run the check; print the report through `out`; return the exit status (0 pass, 1 fail,
+    2 cannot start)."""
+    from .spec import get
+
+    if quick is None:
+        quick = os.environ.get("LEEDL_FAST_LAB_QUICK") == "1"
+    try:
+        spec = get(op)
+    except KeyError as e:
+        out(f"leedl-fast check: {e.args[0]}")
+        return 2
+    if path != OURS and not Path(path).is_file():
+        out(f"leedl-fast check: no such file: {path}")
+        return 2
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            out("leedl-fast check: --device cuda, but torch sees no CUDA device")
+            return 2
+    path = path if path == OURS else str(Path(path).resolve())
+    args = (path, op, func, device, backend, quick)
+    who = "leedl_fast's own kernel" if path == OURS else path
+    out(f"leedl-fast check: {who}\n  op      {spec.signature}\n  device  {device}, backend "
+        f"{backend}{' (Triton interpreter)' if backend == 'triton' and device == 'cpu' else ''}"
+        f"{', quick' if quick else ''}")
+
+    worker = _Worker(args)
+    status, reply = worker.request(None, max(timeout, 120.0))  # import: torch, triton, the file
+    if status != "ok" or reply[0] != "ready":
+        why = reply[1] if status == "ok" else (reply or f"no answer in {max(timeout, 120.0):.0f} s")
+        out(f"\nFAIL  could not load the function: {why}")
+        worker.kill()
+        return 2 if status == "ok" and "no function" in str(why) else 1
+
+    results = []
+    tol = ", ".join(f"{k} atol {a:g} rtol {r:g}" for k, (a, r) in spec.tol.items())
+    out(f"\ncorrectness: float64 oracle, {tol}; fp16/bf16 also within 3x torch's own error")
+    cases = spec.cases(quick)
+    for i, case in enumerate(cases):
+        status, reply = worker.request(("case", i), timeout)
+        if status == "ok":
+            result = reply[1]
+        else:
+            result = Result(case.label, "TIMEOUT" if status == "timeout" else "CRASH",
+                            f"no result in {timeout:.0f} s (a hang?); the worker was killed"
+                            if status == "timeout" else reply)
+            worker = _Worker(args)
+            s2, r2 = worker.request(None, max(timeout, 120.0))
+            if s2 != "ok" or r2[0] != "ready":
+                out(f"  {result.status:7s} {case.label}: {result.message}")
+                out("  cannot restart the worker; stopping")
+                worker.kill()
+                return 1
+        results.append(result)
+        out(f"  {result.status:7s} {case.label:28s} {result.message}")
+    failed = [r for r in results if r.status != "PASS"]
+    out(f"\n{len(results) - len(failed)}/{len(results)} cases pass")
+
+    if bench and not failed:
+        out("\nspeed (median time; % roofline = the device's time bound / the time)")
+        header = ["case", "candidate", "time", "vs torch", "GB/s", "TFLOP/s", "% roofline", "note"]
+        rows = []
+        for i, case in enumerate(spec.bench_cases(quick)):
+            status, reply = worker.request(("bench", i), max(timeout, 600.0))
+            if status != "ok" or reply[0] != "bench":
+                msg = reply[1].message if status == "ok" else status
+                rows.append([case.label, "yours", "-", "-", "-", "-", "-", f"failed: {msg}"])
+                if status != "ok":
+                    worker = _Worker(args)
+                    worker.request(None, max(timeout, 120.0))
+                continue
+            timings, nbytes, flops, ceil = reply[1]
+            torch_t = next((t for n, t, _ in timings if n == "torch"), None)
+            bound = ceil.bound(nbytes, flops)
+            for name, t, note in timings:
+                rows.append([case.label, name, _fmt_time(t),
+                             f"{torch_t / t:.2f}x" if t and torch_t else "-",
+                             f"{nbytes / t / 1e9:.1f}" if t else "-",
+                             f"{flops / t / 1e12:.3f}" if t else "-",
+                             f"{100 * bound / t:.1f}%" if t else "-", note])
+            rows.append([case.label, "bound", _fmt_time(bound), "", "", "",
+                         f"{ceil.limit(nbytes, flops)}",
+                         f"{nbytes:,} B, {flops:,} FLOP; ceilings {ceil.gbps:.0f} GB/s, "
+                         f"{ceil.gflops:.0f} GFLOP/s ({ceil.dtype} matmul)"])
+        widths = [max(len(str(r[j])) for r in [header, *rows]) for j in range(len(header))]
+        for r in [header, ["-" * w for w in widths], *rows]:
+            out("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    elif bench:
+        out("speed: not measured (fix the failing cases first)")
+    worker.stop()
+    out("\nRESULT: " + ("PASS" if not failed else
+                        f"FAIL ({len(failed)} of {len(results)} cases: " +
+                        ", ".join(sorted({r.status for r in failed})) + ")"))
+    return 0 if not failed else 1
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="leedl-fast check",
+        description="Grade your kernel for OP: correctness against a float64 oracle (fresh random "
+                    "inputs, odd shapes, strided layouts, every output element written), then "
+                    "speed against the reference, torch and leedl_fast. FILE=leedl_fast checks "
+                    "leedl_fast's own kernel. `leedl-fast check --list` lists the ops and their "
+                    "signatures.")
+    p.add_argument("file", nargs="?", help="your .py file (or leedl_fast)")
+    p.add_argument("--op", help="the op, e.g. layer_norm (see --list)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="python", choices=["python", "triton"],
+                   help="triton: your function launches Triton kernels (on the CPU under "
+                        "TRITON_INTERPRET=1, set for you)")
+    p.add_argument("--func", help="the function's name in FILE (default: the op's name)")
+    p.add_argument("--quick", action="store_true", default=None,
+                   help="a few small cases (also LEEDL_FAST_LAB_QUICK=1)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per case (default 60)")
+    p.add_argument("--no-bench", action="store_true", help="correctness only")
+    p.add_argument("--list", action="store_true", help="list the ops")
+    a = p.parse_args(argv)
+    if a.list:
+        from .spec import all_specs
+
+        for spec in sorted(all_specs().values(), key=lambda s: (s.family, s.name)):
+            print(f"{spec.family:10s} {spec.signature}\n{'':10s}   {spec.doc}")
+        return 0
+    if not a.file or not a.op:
+        p.error("FILE and --op are required (or --list)")
+    return check(a.file, a.op, device=a.device, backend=a.backend, func=a.func, quick=a.quick,
+                 timeout=a.timeout, bench=not a.no_bench)
