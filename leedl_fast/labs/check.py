@@ -320,9 +320,14 @@ def _fmt_time(s):
 
 def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
           func: str | None = None, quick: bool | None = None, timeout: float = 60.0,
-          bench: bool = True, out=print) -> int:
+          bench: bool = True, out=print, record: dict | None = None) -> int:
     """Run the check; print the report through `out`; return the exit status (0 pass, 1 fail,
-    2 cannot start)."""
+    2 cannot start). `record`, when given, receives the results: record["cases"] = [Result],
+    record["timings"] = [{"case", "candidate", "seconds", "nbytes", "flops", "bound", "note"}]."""
+    if record is None:
+        record = {}
+    record.setdefault("cases", [])
+    record.setdefault("timings", [])
     from .spec import get
 
     if quick is None:
@@ -376,6 +381,7 @@ def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
                 worker.kill()
                 return 1
         results.append(result)
+        record["cases"].append(result)
         out(f"  {result.status:7s} {case.label:28s} {result.message}")
     failed = [r for r in results if r.status != "PASS"]
     out(f"\n{len(results) - len(failed)}/{len(results)} cases pass")
@@ -397,6 +403,9 @@ def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
             torch_t = next((t for n, t, _ in timings if n == "torch"), None)
             bound = ceil.bound(nbytes, flops)
             for name, t, note in timings:
+                record["timings"].append({"case": case.label, "candidate": name, "seconds": t,
+                                          "nbytes": nbytes, "flops": flops, "bound": bound,
+                                          "note": note})
                 rows.append([case.label, name, _fmt_time(t),
                              f"{torch_t / t:.2f}x" if t and torch_t else "-",
                              f"{nbytes / t / 1e9:.1f}" if t else "-",
