@@ -170,7 +170,10 @@ def _bytes(model):
         elif isinstance(m, Q.QuantizedLinear):
             linear += m.stored_bytes() + (m.bias.numel() * m.bias.element_size()
                                           if m.bias is not None else 0)
-    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # each storage once: a tied weight (GPT's and BERT's output head share the token
+    # embedding's) has two state_dict keys
+    unique = {t.data_ptr(): t for t in model.state_dict().values()}
+    total = sum(t.numel() * t.element_size() for t in unique.values())
     return linear, total
 
 
