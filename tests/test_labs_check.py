@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from leedl_fast.labs import all_specs, check
 
@@ -65,10 +66,16 @@ def test_missing_function_and_unknown_op_cannot_start():
     assert check("/no/such/file.py", "layer_norm", quick=True, out=lines.append) == 2
 
 
+BACKENDS = ["cpu", "triton", "reference"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", sorted(all_specs()))
-def test_leedl_fast_own_kernel_passes(op):
+def test_leedl_fast_own_kernel_passes(op, backend):
+    """Each of leedl_fast's own kernels for the op (Triton under the interpreter on the CPU)."""
     lines = []
-    status = check("leedl_fast", op, quick=True, bench=False, out=lines.append, timeout=120)
+    status = check("leedl_fast", op, backend=backend, quick=True, bench=False,
+                   out=lines.append, timeout=120)
     assert status == 0, "\n".join(lines)
 
 
