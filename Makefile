@@ -10,7 +10,7 @@ SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cud
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test bench test-gpu bench-gpu clean
+.PHONY: install test bench test-gpu bench-gpu labs-gpu clean
 
 $(VENV)/.deps:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,12 @@ test-gpu:
 bench-gpu:
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	TRITON_INTERPRET=0 $(PY) -m bench $(BENCH_ARGS)
+
+# Every lab stage's full check on the GPU, timed: the pages' GPU column
+# (bench/results/labs-<device>.md; the stages and their ops come from docs/labs/<family>.md).
+labs-gpu:
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	TRITON_INTERPRET=0 $(PY) -m bench.labs --device cuda
 
 clean:
 	rm -rf build *.egg-info leedl_fast/*.so
