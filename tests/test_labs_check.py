@@ -82,7 +82,7 @@ def test_leedl_fast_own_kernel_passes(op, backend):
 def test_cli_with_timings_exits_zero_and_prints_the_table():
     env = {**os.environ, "LEEDL_FAST_LAB_QUICK": "1"}
     r = subprocess.run([sys.executable, "-m", "leedl_fast.cli", "check", BUGS, "--op",
-                        "layer_norm", "--func", "correct"], capture_output=True, text=True,
+                        "layer_norm", "--func", "correct"], capture_output=True, text=True, check=False,
                        env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     for word in ("reference", "torch", "leedl_fast", "yours", "bound", "% roofline"):

@@ -1,7 +1,7 @@
 """`leedl-fast check FILE --op OP`: grade a student's kernel for correctness and speed.
 
-The student's file is imported in a worker process (spawned fresh, so a segfault or a hang in
-the student's code kills only the worker: the checker reports it, starts a new worker and goes
+The student's file is imported in a worker process (a fresh one per check, forked from a
+server that has torch imported; so a segfault or a hang in the student's code kills only the worker: the checker reports it, starts a new worker and goes
 on with the next case). For each correctness case the worker builds fresh random inputs (odd
 sizes, non-contiguous layouts), calls the student's function with every tensor it allocates
 through torch.empty* poisoned with NaN, and compares each output with the float64 oracle under
@@ -57,12 +57,17 @@ def poisoned_allocations():
                 t.fill_(-123 if t.dtype not in (torch.uint8,) else 123)
         return t
 
+    def poisoning(allocate):
+        def wrapper(*args, **kwargs):
+            return poison(allocate(*args, **kwargs))
+        return wrapper
+
     saved = {name: getattr(torch, name) for name in _POISONED}
     saved_new = torch.Tensor.new_empty
     try:
         for name, fn in saved.items():
-            setattr(torch, name, (lambda f: lambda *a, **k: poison(f(*a, **k)))(fn))
-        torch.Tensor.new_empty = lambda self, *a, **k: poison(saved_new(self, *a, **k))
+            setattr(torch, name, poisoning(fn))
+        torch.Tensor.new_empty = poisoning(saved_new)
         yield
     finally:
         for name, fn in saved.items():
@@ -88,7 +93,7 @@ def _load_candidate(path: str, spec, func: str | None, backend: str = "python"):
     module_spec.loader.exec_module(module)
     name = func or spec.name
     fn = getattr(module, name, None)
-    if not callable(fn):
+    if fn is None or not callable(fn):
         found = sorted(k for k, v in vars(module).items()
                        if callable(v) and not k.startswith("_") and
                        getattr(v, "__module__", None) == module.__name__)
@@ -204,6 +209,15 @@ def _run_case(spec, fn, case, device, seed):
     return Result(case.label, "PASS" if ok else "FAIL", msg, worst)
 
 
+def _caller(spec, fn, inputs, positional):
+    """fn on these inputs, as a zero-argument callable: the student's function positionally in
+    the documented order, the spec's own callables by keyword."""
+    if positional:
+        args = [inputs[a] for a in spec.args]
+        return lambda: fn(*args)
+    return lambda: fn(**inputs)
+
+
 def _bench_case(spec, fn, case, device, seed, quick):
     """[(candidate, seconds or None, note)] for the reference, torch, leedl_fast and the student."""
     from .roofline import time_fn
@@ -214,9 +228,7 @@ def _bench_case(spec, fn, case, device, seed, quick):
     for name, candidate in candidates:
         if candidate is None:
             continue
-        inputs = _fresh(case, device, seed)
-        call = (lambda c, i: lambda: c(*[i[a] for a in spec.args]))(candidate, inputs) \
-            if name == "yours" else (lambda c, i: lambda: c(**i))(candidate, inputs)
+        call = _caller(spec, candidate, _fresh(case, device, seed), positional=name == "yours")
         try:
             t0 = time.perf_counter()
             call()
@@ -230,7 +242,7 @@ def _bench_case(spec, fn, case, device, seed, quick):
                 rows.append((name, time.perf_counter() - t0, "one call"))
             else:
                 rows.append((name, time_fn(call, device, 0.05 if quick else 0.3), ""))
-        except Exception as e:  # a baseline that cannot run this case (e.g. a missing backend)
+        except Exception as e:  # noqa: BLE001 -- a candidate that cannot run this case is a row
             rows.append((name, None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"))
     return rows
 
@@ -245,7 +257,8 @@ def _worker(conn, path, op, func, device, backend, quick):
 
         spec = get(op)
         fn = _load_candidate(path, spec, func, backend)
-    except BaseException as e:  # the student's module failed to import: report, don't crash
+    except BaseException as e:  # noqa: BLE001 -- the student's module failed to import (even
+        # sys.exit in it): report it, don't crash
         conn.send(("load_error", f"{type(e).__name__}: {e}\n" +
                    "".join(traceback.format_exc().splitlines(True)[-6:])))
         return
@@ -267,7 +280,7 @@ def _worker(conn, path, op, func, device, backend, quick):
                 inputs = _fresh(c, device, 2000 + i)
                 conn.send(("bench", (rows, spec.nbytes(inputs), spec.flops(inputs),
                                      ceilings(device, c.dtype))))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- the student's error is the case's result
             tb = traceback.format_exc().splitlines()
             where = next((line.strip() for line in reversed(tb)
                           if line.strip().startswith("File")), "")
@@ -279,9 +292,21 @@ def _worker(conn, path, op, func, device, backend, quick):
 # Parent side
 # ----------------------------------------------------------------------------------------------
 
+def _context():
+    """Workers come from a fork server with torch and leedl_fast already imported: a fresh
+    process per check (or after a crash) then costs a fork, not a 2-3 s interpreter start. Only
+    imports run in the server (no OpenMP region, no CUDA, no triton: a worker still chooses
+    TRITON_INTERPRET itself). Where there is no fork server (Windows): spawn."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "leedl_fast"])
+    return ctx
+
+
 class _Worker:
     def __init__(self, args):
-        ctx = mp.get_context("spawn")
+        ctx = _context()
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker, args=(child, *args), daemon=True)
         self.proc.start()
@@ -294,10 +319,9 @@ class _Worker:
                 self.conn.send(msg)
             except (BrokenPipeError, OSError):
                 return "crash", self._death()
-        if not self.conn.poll(timeout):
-            if self.proc.is_alive():
-                self.kill()
-                return "timeout", None
+        if not self.conn.poll(timeout) and self.proc.is_alive():
+            self.kill()
+            return "timeout", None
         try:
             return "ok", self.conn.recv()
         except (EOFError, OSError):
@@ -445,8 +469,8 @@ def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
                              f"{100 * bound / t:.1f}%" if t else "-", note])
             rows.append([case.label, "bound", _fmt_time(bound), "", "", "",
                          f"{ceil.limit(nbytes, flops)}",
-                         f"{nbytes:,} B, {flops:,} FLOP; ceilings {ceil.gbps:.0f} GB/s, "
-                         f"{ceil.gflops:.0f} GFLOP/s ({ceil.dtype} matmul)"])
+                         (f"{nbytes:,} B, {flops:,} FLOP; ceilings {ceil.gbps:.0f} GB/s, "
+                          f"{ceil.gflops:.0f} GFLOP/s ({ceil.dtype} matmul)")])
         widths = [max(len(str(r[j])) for r in [header, *rows]) for j in range(len(header))]
         for r in [header, ["-" * w for w in widths], *rows]:
             out("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

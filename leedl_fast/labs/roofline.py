@@ -67,15 +67,18 @@ def _best(fn, device, runs=5):
     return best
 
 
-@functools.lru_cache(maxsize=None)
+def _copy_seconds(nbytes, device):
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    return _best(lambda: dst.copy_(src), device)
+
+
+@functools.cache
 def ceilings(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Ceilings:
     """Measure (once per process) the copy bandwidth and the matmul throughput of `device`."""
     gpu = device.startswith("cuda")
     nbytes = (512 if gpu else 128) * 2**20
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    gbps = 2 * nbytes / _best(lambda: dst.copy_(src), device) / 1e9
-    del src, dst
+    gbps = 2 * nbytes / _copy_seconds(nbytes, device) / 1e9
     mm_dtype = dtype if gpu and dtype in (torch.float16, torch.bfloat16) else torch.float32
     n = 8192 if gpu else 2048
     a = torch.randn(n, n, device=device, dtype=mm_dtype)

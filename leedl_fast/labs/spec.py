@@ -18,7 +18,8 @@ Correctness ("the same tolerance rules as our tests"):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
