@@ -37,6 +37,24 @@ def _float(x):
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
+def _dtensor_type():
+    """torch.distributed.tensor.DTensor, or None where torch has no distributed support."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return None
+    return DTensor
+
+
+_DTensor = _dtensor_type()
+
+
+def _local(t):
+    """A DTensor's local shard (FSDP2 parameters, their grads and their state); others as they
+    are. The update is elementwise, so each rank updating its own shard is the whole step."""
+    return t._local_tensor if _DTensor is not None and isinstance(t, _DTensor) else t
+
+
 class _Fused:
     """The shared step of leedl_fast's optimizers. A subclass names its op and state, and says
     how one device's lists become the op's arguments (`_launch`)."""
@@ -171,6 +189,10 @@ class _Fused:
                                         p.device)
             tensors = rec[3]
             master = rec[4]
+            if _DTensor is not None and isinstance(p, _DTensor):
+                # FSDP2 / DTensor params: the kernel sees the local shards (state created by
+                # zeros_like(p) is a DTensor of the same placement, so DCP saves it sharded)
+                p, g, tensors = _local(p), _local(g), [_local(t) for t in tensors]
             fast = g.is_contiguous() and p.is_contiguous()
             where = (p.device, fast, master)
             entry = lists.get(where)
@@ -182,7 +204,7 @@ class _Fused:
             for k, t in zip(keys, tensors):
                 entry[k].append(t)
             if master:
-                entry["master_params"].append(rec[5])
+                entry["master_params"].append(_local(rec[5]))
             step = state.get("step") if state else None
             if step is not None:
                 entry["steps"].append(step)
