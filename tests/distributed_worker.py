@@ -4,7 +4,7 @@ from leedl_fast modules, trained with leedl_fast.optim.AdamW under torch.distrib
 
     python -m tests.distributed_worker SCENARIO WORLD OUT [PORT]
 
-SCENARIO: ddp | fsdp | ddp_compile | dcp | modules_ddp | modules_fsdp | bad_input |
+SCENARIO: ddp | fsdp | ddp_compile | ddp_sgd | fsdp_sgd | dcp | modules_ddp | modules_fsdp | bad_input |
 bad_input_alive. WORLD processes are
 spawned with torch.multiprocessing; every collective has a timeout (TIMEOUT_S; BAD_TIMEOUT_S in
 the bad-input scenarios), so a rank that fails cannot leave the others waiting forever. Rank 0 writes OUT (torch.save of a dict); every rank writes
@@ -138,8 +138,12 @@ def _full_params(model):
 def _train(kind, rank, world):
     import leedl_fast.optim as LO
 
-    model = _wrap(kind, _model())
-    opt = LO.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    if kind.endswith("_sgd"):  # SGD with momentum: its buffer is created by the first step
+        model = _wrap(kind[:-4], _model())
+        opt = LO.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    else:
+        model = _wrap(kind, _model())
+        opt = LO.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     losses = [_step(model, opt, x, y) for x, y in _batches(rank, world)]
     return {"losses": losses, "params": _full_params(model)}
 
@@ -222,7 +226,7 @@ def _run(rank, world, scenario, out, port):
             result = _train(scenario, rank, world)
         if rank == 0:
             torch.save(result, out)
-    except BaseException as e:  # noqa: BLE001 -- written for the test, then re-raised
+    except BaseException as e:  # written for the test, then re-raised
         with open(f"{out}.rank{rank}.err", "w") as f:
             f.write(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise

@@ -3,7 +3,7 @@ every run bounded in time (tests/distributed_worker.py holds the scenarios).
 
 * DDP, compiled DDP and FSDP2 (`fully_shard`, parameters as DTensor shards) training of a tiny
   GPT built from leedl_fast modules with leedl_fast.optim.AdamW match single-process training
-  with the same global batch, step by step;
+  with the same global batch, step by step (and SGD with Nesterov momentum under FSDP2);
 * every leedl_fast.nn module (Conv2d, DepthwiseSeparableConv2d, LayerNorm, RMSNorm, LSTM, GRU,
   MultiheadAttention, LSTMCell, GRUCell) trains under DDP and under FSDP2 and matches too;
 * torch.distributed.checkpoint saves the sharded model and optimizer state (the Adam moments
@@ -85,7 +85,7 @@ def _assert_same_training(got, want):
 
 
 @pytest.mark.parametrize("scenario, reference", [
-    ("ddp", "ddp"), ("fsdp", "ddp"), ("ddp_compile", "ddp"),
+    ("ddp", "ddp"), ("fsdp", "ddp"), ("ddp_compile", "ddp"), ("fsdp_sgd", "ddp_sgd"),
     ("modules_ddp", "modules_ddp"), ("modules_fsdp", "modules_ddp")])
 def test_two_processes_match_one(scenario, reference, tmp, single):
     code, result, errors, _, stderr = run(scenario, 2, tmp)

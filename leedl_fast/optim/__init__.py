@@ -189,6 +189,7 @@ class _Fused:
                                         p.device)
             tensors = rec[3]
             master = rec[4]
+            owner = p  # the key of self.state (the launch of SGD's first step uses it)
             if _DTensor is not None and isinstance(p, _DTensor):
                 # FSDP2 / DTensor params: the kernel sees the local shards (state created by
                 # zeros_like(p) is a DTensor of the same placement, so DCP saves it sharded)
@@ -197,8 +198,9 @@ class _Fused:
             where = (p.device, fast, master)
             entry = lists.get(where)
             if entry is None:
-                entry = lists[where] = {"params": [], "grads": [], "steps": [],
+                entry = lists[where] = {"params": [], "grads": [], "steps": [], "owners": [],
                                         "master_params": [], **{k: [] for k in keys}}
+            entry["owners"].append(owner)
             entry["params"].append(p)
             entry["grads"].append(g)
             for k, t in zip(keys, tensors):
@@ -333,19 +335,22 @@ class SGD(_Fused, torch.optim.SGD):
         # torch starts a buffer as the (decayed) gradient: params with and without a buffer
         # go in two calls
         master = bool(e["master_params"])
+        owners = e["owners"]  # the params as self.state knows them (DTensors under FSDP2)
         for first in (False, True):
-            idx = [i for i, p in enumerate(e["params"])
+            idx = [i for i, p in enumerate(owners)
                    if ("momentum_buffer" not in self.state[p]) == first]
             if not idx:
                 continue
             if first:
                 for i in idx:
-                    p = e["params"][i]
+                    p = owners[i]
                     self.state[p]["momentum_buffer"] = torch.empty_like(
                         p, dtype=torch.float32 if master else p.dtype,
                         memory_format=torch.contiguous_format)
-            pick = lambda key: [e[key][i] for i in idx] if e[key] else []  # noqa: E731
-            bufs = [self.state[e["params"][i]]["momentum_buffer"] for i in idx]
+
+            def pick(key, idx=idx):
+                return [e[key][i] for i in idx] if e[key] else []
+            bufs = [_local(self.state[owners[i]]["momentum_buffer"]) for i in idx]
             run("fused_sgd", pick("params"), pick("grads"), bufs, pick("master_params"), *args,
                 first, gs, fi)
 
