@@ -3,15 +3,19 @@ cases), and what the quick cases do not reach is tested directly: with 16-wide t
 tiles per row (the two-pass statistics and the online-softmax rescaling, with scores large enough
 that the running max changes from tile to tile), and stage 2's causal tile skipping (keys past a
 query block are never read)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from leedl_fast.labs import check
-
-from .conftest import HAS_CUDA, INTERPRETED
+# `device` is the fixture from labs_common, taken as an argument: F811 does not apply
+# ruff: noqa: F811
+from .labs_common import (
+    assert_every_stage_listed,
+    assert_stage_passes,
+    device,  # noqa: F401
+    load_stage,
+)
 
 LAB = Path(__file__).resolve().parents[1] / "docs" / "labs" / "attention"
 
@@ -23,31 +27,16 @@ STAGES = [
 
 
 def test_every_stage_file_is_listed():
-    assert sorted(p.name for p in LAB.glob("*.py")) == sorted(s[0] for s in STAGES)
+    assert_every_stage_listed(LAB, STAGES)
 
 
 @pytest.mark.parametrize("name, backend", STAGES)
 def test_stage_passes_the_check(name, backend):
-    lines = []
-    status = check(str(LAB / name), "attention", backend=backend, quick=True, bench=False,
-                   out=lines.append, timeout=120)
-    assert status == 0, "\n".join(lines)
+    assert_stage_passes(LAB / name, "attention", backend)
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"lab_attention_{name[:-3]}", LAB / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def device():
-    if INTERPRETED:
-        return "cpu"
-    if not HAS_CUDA:
-        pytest.skip("Triton needs TRITON_INTERPRET=1 or a CUDA device")
-    return "cuda"
+    return load_stage(LAB / name)
 
 
 def _oracle(q, k, v, causal, scale):

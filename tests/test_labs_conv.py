@@ -2,7 +2,6 @@
 and what the quick cases do not reach is tested directly: the Triton stage in bf16 (the check
 skips bf16 under the interpreter; the stage upcasts its tiles there, so it must be right), a
 batch and channel count spanning several program tiles, and its compile-check declarations."""
-import importlib.util
 import inspect
 from pathlib import Path
 
@@ -10,9 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from leedl_fast.labs import check
-
-from .conftest import HAS_CUDA, INTERPRETED
+# `device` is the fixture from labs_common, taken as an argument: F811 does not apply
+# ruff: noqa: F811
+from .labs_common import (
+    assert_every_stage_listed,
+    assert_stage_passes,
+    device,  # noqa: F401
+    load_stage,
+)
 
 LAB = Path(__file__).resolve().parents[1] / "docs" / "labs" / "conv"
 
@@ -24,31 +28,16 @@ STAGES = [
 
 
 def test_every_stage_file_is_listed():
-    assert sorted(p.name for p in LAB.glob("*.py")) == sorted(s[0] for s in STAGES)
+    assert_every_stage_listed(LAB, STAGES)
 
 
 @pytest.mark.parametrize("name, op, backend", STAGES)
 def test_stage_passes_the_check(name, op, backend):
-    lines = []
-    status = check(str(LAB / name), op, backend=backend, quick=True, bench=False,
-                   out=lines.append, timeout=120)
-    assert status == 0, "\n".join(lines)
+    assert_stage_passes(LAB / name, op, backend)
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"lab_conv_{name[:-3]}", LAB / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def device():
-    if INTERPRETED:
-        return "cpu"
-    if not HAS_CUDA:
-        pytest.skip("Triton needs TRITON_INTERPRET=1 or a CUDA device")
-    return "cuda"
+    return load_stage(LAB / name)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

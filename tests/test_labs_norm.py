@@ -2,15 +2,19 @@
 the parts the quick cases do not reach are tested directly: stage 2's loop over several column
 blocks (and its one-pass Welford statistics when |mean| >> std), stage 3's bands of several rows
 per program and its determinism."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from leedl_fast.labs import check
-
-from .conftest import HAS_CUDA, INTERPRETED
+# `device` is the fixture from labs_common, taken as an argument: F811 does not apply
+# ruff: noqa: F811
+from .labs_common import (
+    assert_every_stage_listed,
+    assert_stage_passes,
+    device,  # noqa: F401
+    load_stage,
+)
 
 LAB = Path(__file__).resolve().parents[1] / "docs" / "labs" / "norm"
 
@@ -24,31 +28,16 @@ STAGES = [
 
 
 def test_every_stage_file_is_listed():
-    assert sorted(p.name for p in LAB.glob("*.py")) == sorted(s[0] for s in STAGES)
+    assert_every_stage_listed(LAB, STAGES)
 
 
 @pytest.mark.parametrize("name, op, backend", STAGES)
 def test_stage_passes_the_check(name, op, backend):
-    lines = []
-    status = check(str(LAB / name), op, backend=backend, quick=True, bench=False,
-                   out=lines.append, timeout=120)
-    assert status == 0, "\n".join(lines)
+    assert_stage_passes(LAB / name, op, backend)
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"lab_norm_{name[:-3]}", LAB / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def device():
-    if INTERPRETED:
-        return "cpu"
-    if not HAS_CUDA:
-        pytest.skip("Triton needs TRITON_INTERPRET=1 or a CUDA device")
-    return "cuda"
+    return load_stage(LAB / name)
 
 
 def _ln64(x, w, b, eps):

@@ -2,7 +2,6 @@
 defines (quick cases); the book's worked LSTM example (BOOK.md §5.5.5) comes out of every stage
 (the page's Python snippet runs as written); stage 3's kernel is tested with several batch and
 hidden blocks, which the quick cases do not reach."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -11,9 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from leedl_fast.labs import check
-
-from .conftest import HAS_CUDA, INTERPRETED
+# `device` is the fixture from labs_common, taken as an argument: F811 does not apply
+# ruff: noqa: F811
+from .labs_common import (
+    assert_every_stage_listed,
+    assert_stage_passes,
+    device,  # noqa: F401
+    load_stage,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "docs" / "labs" / "rnn"
@@ -29,31 +33,16 @@ STAGES = [
 
 
 def test_every_stage_file_is_listed():
-    assert sorted(p.name for p in LAB.glob("*.py")) == sorted({s[0] for s in STAGES})
+    assert_every_stage_listed(LAB, STAGES)
 
 
 @pytest.mark.parametrize("name, op, backend", STAGES)
 def test_stage_passes_the_check(name, op, backend):
-    lines = []
-    status = check(str(LAB / name), op, backend=backend, quick=True, bench=False,
-                   out=lines.append, timeout=120)
-    assert status == 0, "\n".join(lines)
+    assert_stage_passes(LAB / name, op, backend)
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"lab_rnn_{name[:-3]}", LAB / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def device():
-    if INTERPRETED:
-        return "cpu"
-    if not HAS_CUDA:
-        pytest.skip("Triton needs TRITON_INTERPRET=1 or a CUDA device")
-    return "cuda"
+    return load_stage(LAB / name)
 
 
 # BOOK.md §5.5.5: one cell, x = (x1, x2, x3); z = x1 (here eps * x1: tanh(eps z) / eps ~ z, the
