@@ -20,7 +20,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -220,31 +219,13 @@ def _caller(spec, fn, inputs, positional):
 
 def _bench_case(spec, fn, case, device, seed, quick):
     """[(candidate, seconds or None, note)] for the reference, torch, leedl_fast and the student."""
-    from .roofline import time_fn
+    from .roofline import time_candidate
 
     candidates = [("reference", spec.reference), ("torch", spec.torch_fn),
                   ("leedl_fast", spec.ours), ("yours", fn)]
-    rows = []
-    for name, candidate in candidates:
-        if candidate is None:
-            continue
-        call = _caller(spec, candidate, _fresh(case, device, seed), positional=name == "yours")
-        try:
-            t0 = time.perf_counter()
-            call()
-            _sync(device)
-            first = time.perf_counter() - t0
-            # Slow candidates (the Triton interpreter) are timed by one more call, not a sweep.
-            if first > (0.5 if quick else 2.0):
-                t0 = time.perf_counter()
-                call()
-                _sync(device)
-                rows.append((name, time.perf_counter() - t0, "one call"))
-            else:
-                rows.append((name, time_fn(call, device, 0.05 if quick else 0.3), ""))
-        except Exception as e:  # noqa: BLE001 -- a candidate that cannot run this case is a row
-            rows.append((name, None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"))
-    return rows
+    return [time_candidate(name, _caller(spec, candidate, _fresh(case, device, seed),
+                                         positional=name == "yours"), device, quick)
+            for name, candidate in candidates if candidate is not None]
 
 
 def _worker(conn, path, op, func, device, backend, quick):

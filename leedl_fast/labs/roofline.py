@@ -45,6 +45,28 @@ def time_fn(fn, device: str, min_run_time: float = 0.2) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def time_candidate(name, call, device, quick, slow=2.0):
+    """(name, median seconds or None, note) for one candidate of a side-by-side timing. A
+    candidate whose first call takes over `slow` seconds (0.5 when quick; the Triton
+    interpreter) is timed by one more call instead of a sweep; one that raises gets no time and
+    the error as its note, so the other rows still come out."""
+    import time
+
+    def once():
+        t0 = time.perf_counter()
+        call()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    try:
+        if once() > (0.5 if quick else slow):
+            return name, once(), "one call"
+        return name, time_fn(call, device, 0.05 if quick else 0.3), ""
+    except Exception as e:  # noqa: BLE001 -- a candidate that cannot run this case is a row
+        return name, None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+
+
 def _best(fn, device, runs=5):
     fn()
     if device.startswith("cuda"):

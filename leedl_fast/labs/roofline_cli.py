@@ -19,6 +19,7 @@ without an explicit PATH the PNG goes to the temporary directory rather than ben
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -133,34 +134,14 @@ def device_name(device: str) -> str:
 def measure(spec, inputs, device: str, quick: bool) -> list[tuple[str, float | None, str]]:
     """[(candidate, median seconds or None, note)] for leedl_fast, torch and the reference. A
     candidate slower than a second per call (the reference at a big shape) is timed by one call."""
-    import time
-
-    from .check import _sync
-    from .roofline import time_fn
+    from .roofline import time_candidate
 
     rows = []
     for name, fn in (("leedl_fast", spec.ours), ("torch", spec.torch_fn),
                      ("reference", spec.reference)):
-        if fn is None:
-            continue
-
-        def call(fn=fn):
-            return fn(**inputs)
-
-        try:
-            t0 = time.perf_counter()
-            call()
-            _sync(device)
-            first = time.perf_counter() - t0
-            if first > (0.5 if quick else 1.0):
-                t0 = time.perf_counter()
-                call()
-                _sync(device)
-                rows.append((name, time.perf_counter() - t0, "one call"))
-            else:
-                rows.append((name, time_fn(call, device, 0.05 if quick else 0.3), ""))
-        except Exception as e:  # noqa: BLE001 -- a candidate that cannot run this shape/dtype
-            rows.append((name, None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+        if fn is not None:
+            rows.append(time_candidate(name, functools.partial(fn, **inputs), device, quick,
+                                       slow=1.0))
     return rows
 
 
