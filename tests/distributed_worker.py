@@ -226,12 +226,13 @@ def _run(rank, world, scenario, out, port):
             result = _train(scenario, rank, world)
         if rank == 0:
             torch.save(result, out)
+        dist.barrier()  # both ranks done before either tears the group down
     except BaseException as e:  # written for the test, then re-raised
         with open(f"{out}.rank{rank}.err", "w") as f:
             f.write(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise
     finally:
-        # no barrier here: after a failure the other rank may be gone
+        # (no barrier after a failure: the other rank may be gone)
         dist.destroy_process_group()
 
 
