@@ -18,10 +18,16 @@ def assert_every_stage_listed(lab: Path, stages) -> None:
 
 
 def assert_stage_passes(path: Path, op: str, backend: str) -> None:
-    """`leedl-fast check` of one stage file (quick cases, no timings) passes."""
+    """`leedl-fast check` of one stage file (quick cases, no timings) passes: a Triton stage on
+    the CPU under the interpreter, else on the GPU."""
+    device = "cpu"
+    if backend == "triton" and not INTERPRETED:
+        if not HAS_CUDA:
+            pytest.skip("Triton needs TRITON_INTERPRET=1 or a CUDA device")
+        device = "cuda"
     lines = []
-    status = check(str(path), op, backend=backend, quick=True, bench=False, out=lines.append,
-                   timeout=120)
+    status = check(str(path), op, backend=backend, device=device, quick=True, bench=False,
+                   out=lines.append, timeout=120)
     assert status == 0, "\n".join(lines)
 
 

@@ -66,17 +66,32 @@ def test_missing_function_and_unknown_op_cannot_start():
     assert check("/no/such/file.py", "layer_norm", quick=True, out=lines.append) == 2
 
 
-BACKENDS = ["cpu", "triton", "reference"] + (["cuda"] if torch.cuda.is_available() else [])
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# (backend, device): Triton on the CPU only under the interpreter (tests/conftest.py turns it on
+# for `make test`; `make test-gpu` turns it off and checks Triton and CUDA on the GPU instead)
+BACKENDS = [("cpu", "cpu"), ("reference", "cpu")] + \
+    ([("triton", "cpu")] if INTERPRETED else []) + \
+    ([("triton", "cuda"), ("cuda", "cuda")] if torch.cuda.is_available() else [])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("op", sorted(all_specs()))
-def test_leedl_fast_own_kernel_passes(op, backend):
+def test_leedl_fast_own_kernel_passes(op, backend, device):
     """Each of leedl_fast's own kernels for the op (Triton under the interpreter on the CPU)."""
     lines = []
-    status = check("leedl_fast", op, backend=backend, quick=True, bench=False,
+    status = check("leedl_fast", op, backend=backend, device=device, quick=True, bench=False,
                    out=lines.append, timeout=120)
     assert status == 0, "\n".join(lines)
+
+
+def test_triton_on_the_cpu_needs_the_interpreter_from_the_environment(monkeypatch):
+    """The package never sets TRITON_INTERPRET (triton reads it once, at import): the check
+    refuses to start and says what to export."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    lines = []
+    assert check(BUGS, "layer_norm", func="correct", backend="triton", quick=True,
+                 out=lines.append) == 2
+    assert "export TRITON_INTERPRET=1" in "\n".join(lines)
 
 
 def test_cli_with_timings_exits_zero_and_prints_the_table():

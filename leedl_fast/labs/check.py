@@ -229,8 +229,6 @@ def _bench_case(spec, fn, case, device, seed, quick):
 
 
 def _worker(conn, path, op, func, device, backend, quick):
-    if backend == "triton" and not device.startswith("cuda"):
-        os.environ["TRITON_INTERPRET"] = "1"
     try:
         import torch  # noqa: F401
 
@@ -276,8 +274,8 @@ def _worker(conn, path, op, func, device, backend, quick):
 def _context():
     """Workers come from a fork server with torch and leedl_fast already imported: a fresh
     process per check (or after a crash) then costs a fork, not a 2-3 s interpreter start. Only
-    imports run in the server (no OpenMP region, no CUDA, no triton: a worker still chooses
-    TRITON_INTERPRET itself). Where there is no fork server (Windows): spawn."""
+    imports run in the server (no OpenMP region, no CUDA, no triton: a worker imports triton
+    under the caller's TRITON_INTERPRET). Where there is no fork server (Windows): spawn."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
@@ -360,6 +358,12 @@ def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
     if path != OURS and backend not in ("python", "triton"):
         out(f"leedl-fast check: --backend {backend} names one of leedl_fast's own backends: "
             "use it with FILE=leedl_fast (your file's backend is python or triton)")
+        return 2
+    if backend == "triton" and not device.startswith("cuda") and \
+            os.environ.get("TRITON_INTERPRET") != "1":
+        out("leedl-fast check: --backend triton on the CPU runs Triton kernels in the "
+            "interpreter, which triton reads from the environment: run "
+            "`export TRITON_INTERPRET=1` first (or --device cuda on a GPU)")
         return 2
     if path != OURS and not Path(path).is_file():
         out(f"leedl-fast check: no such file: {path}")
@@ -479,8 +483,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="python",
                    choices=["python", "triton", "cpu", "cuda", "reference"],
-                   help="triton: your function launches Triton kernels (on the CPU under "
-                        "TRITON_INTERPRET=1, set for you). With FILE=leedl_fast: which of "
+                   help="triton: your function launches Triton kernels (on the CPU: in the "
+                        "interpreter, with TRITON_INTERPRET=1 in the environment). With FILE=leedl_fast: which of "
                         "leedl_fast's backends to check (triton, cpu, cuda, reference; "
                         "default: the one it would pick)")
     p.add_argument("--func", help="the function's name in FILE (default: the op's name)")
