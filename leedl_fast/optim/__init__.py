@@ -20,6 +20,7 @@ torch's fused optimizers do. `differentiable=True` is refused (the kernels are n
 A tensor `lr` is read as a float each step.
 """
 import inspect
+import sys
 
 import torch
 
@@ -38,21 +39,18 @@ def _float(x):
 
 
 def _dtensor_type():
-    """torch.distributed.tensor.DTensor, or None where torch has no distributed support."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch built without distributed
-        return None
-    return DTensor
-
-
-_DTensor = _dtensor_type()
+    """torch.distributed.tensor.DTensor if that module is loaded, else None. Looked up in
+    sys.modules, not imported: its import costs ~0.7 s, and no param can be a DTensor before
+    something (FSDP2, DTensor code) has imported it."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 def _local(t):
     """A DTensor's local shard (FSDP2 parameters, their grads and their state); others as they
     are. The update is elementwise, so each rank updating its own shard is the whole step."""
-    return t._local_tensor if _DTensor is not None and isinstance(t, _DTensor) else t
+    dtensor = _dtensor_type()
+    return t._local_tensor if dtensor is not None and isinstance(t, dtensor) else t
 
 
 class _Fused:
@@ -166,6 +164,7 @@ class _Fused:
         what was checked lives in `self._checked`, keyed by id(param)."""
         keys = self._state_keys(group)
         checked = self.__dict__.setdefault("_checked", {})
+        dtensor = _dtensor_type()
         lists = {}
         strided = torch.strided
         for p in group["params"]:
@@ -190,7 +189,7 @@ class _Fused:
             tensors = rec[3]
             master = rec[4]
             owner = p  # the key of self.state (the launch of SGD's first step uses it)
-            if _DTensor is not None and isinstance(p, _DTensor):
+            if dtensor is not None and isinstance(p, dtensor):
                 # FSDP2 / DTensor params: the kernel sees the local shards (state created by
                 # zeros_like(p) is a DTensor of the same placement, so DCP saves it sharded)
                 p, g, tensors = _local(p), _local(g), [_local(t) for t in tensors]
