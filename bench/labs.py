@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from leedl_fast.labs.roofline import format_time
+
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ROOT / "docs" / "labs"
 
@@ -99,12 +101,6 @@ def stage_checks(labs: Path = LABS, families: list[str] | None = None,
     return checks
 
 
-def _fmt_time(s):
-    if s is None:
-        return "-"
-    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
-
-
 def measure(checks: list[dict], device: str, quick: bool, timeout: float,
             log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> list[list[str]]:
     """Run each check; the table's rows: per (family, op), its stages in page order, then torch's
@@ -145,7 +141,7 @@ def measure(checks: list[dict], device: str, quick: bool, timeout: float,
 def _row(family, stage, op, backend, case, t, torch_t):
     s = t and t["seconds"]
     ts = torch_t and torch_t["seconds"]
-    return [family, stage, op, backend, case, _fmt_time(s),
+    return [family, stage, op, backend, case, format_time(s),
             f"{ts / s:.2f}x" if s and ts else "-",
             f"{100 * t['bound'] / s:.1f}%" if s else "-", t["note"] if t else ""]
 

@@ -23,6 +23,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from .roofline import format_time
+
 OURS = "leedl_fast"  # FILE value that checks leedl_fast's own kernel for the op
 
 
@@ -330,12 +332,6 @@ class _Worker:
         self.kill()
 
 
-def _fmt_time(s):
-    if s is None:
-        return "-"
-    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
-
-
 def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
           func: str | None = None, quick: bool | None = None, timeout: float = 60.0,
           bench: bool = True, out=print, record: dict | None = None) -> int:
@@ -447,12 +443,12 @@ def check(path: str, op: str, *, device: str = "cpu", backend: str = "python",
                 record["timings"].append({"case": case.label, "candidate": name, "seconds": t,
                                           "nbytes": nbytes, "flops": flops, "bound": bound,
                                           "note": note})
-                rows.append([case.label, name, _fmt_time(t),
+                rows.append([case.label, name, format_time(t),
                              f"{torch_t / t:.2f}x" if t and torch_t else "-",
                              f"{nbytes / t / 1e9:.1f}" if t else "-",
                              f"{flops / t / 1e12:.3f}" if t else "-",
                              f"{100 * bound / t:.1f}%" if t else "-", note])
-            rows.append([case.label, "bound", _fmt_time(bound), "", "", "",
+            rows.append([case.label, "bound", format_time(bound), "", "", "",
                          f"{ceil.limit(nbytes, flops)}",
                          (f"{nbytes:,} B, {flops:,} FLOP; ceilings {ceil.gbps:.0f} GB/s, "
                           f"{ceil.gflops:.0f} GFLOP/s ({ceil.dtype} matmul)")])

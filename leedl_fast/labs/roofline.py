@@ -32,6 +32,15 @@ class Ceilings:
         return "memory" if nbytes / (self.gbps * 1e9) >= flops / (self.gflops * 1e9) else "compute"
 
 
+def format_time(seconds: float | None) -> str:
+    """'12.3 us' / '4.56 ms' / '1.23 s', or '-' for no time."""
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
 def time_fn(fn, device: str, min_run_time: float = 0.2) -> float:
     """Median seconds of fn(): triton's do_bench on a GPU, torch's Timer on the CPU."""
     if device.startswith("cuda"):

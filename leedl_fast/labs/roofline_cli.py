@@ -24,6 +24,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .roofline import format_time
+
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -80,14 +82,6 @@ def estimate(spec, inputs, ceil) -> dict:
             "intensity": flops / nbytes if nbytes else float("inf"),
             "ridge": ceil.gflops / ceil.gbps, "limit": ceil.limit(nbytes, flops),
             "bound": ceil.bound(nbytes, flops), "memory_s": mem_s, "compute_s": comp_s}
-
-
-def _fmt_time(s):
-    if s is None:
-        return "-"
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} us"
-    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
 
 
 def _fmt_bytes(n):
@@ -171,12 +165,12 @@ def plot(path: Path, title: str, est: dict, ceil, rows) -> Path:
         ax.axvline(est["intensity"], color="tab:green", ls=":", lw=1)
         attainable = est["flops"] / est["bound"] / 1e9
         ax.plot([est["intensity"]], [attainable], marker="o", mfc="none", color="black", ms=9,
-                ls="none", label=f"bound: {_fmt_time(est['bound'])} ({est['limit']})")
+                ls="none", label=f"bound: {format_time(est['bound'])} ({est['limit']})")
         ys = [attainable] + [est["flops"] / t / 1e9 for _, t in timed]
         for k, (name, t) in enumerate(timed):
             y = est["flops"] / t / 1e9
             ax.plot([est["intensity"]], [y], marker="os^D"[k % 4], ls="none", ms=7,
-                    label=f"{name}: {_fmt_time(t)} ({100 * est['bound'] / t:.0f}% of bound)")
+                    label=f"{name}: {format_time(t)} ({100 * est['bound'] / t:.0f}% of bound)")
             ax.annotate(name, (est["intensity"], y), fontsize=8, textcoords="offset points",
                         xytext=(7, -3) if k % 2 == 0 else (-7, -3), ha="left" if k % 2 == 0
                         else "right")  # alternate sides: equal times would overprint
@@ -299,9 +293,9 @@ def main(argv=None, out=print) -> int:
     cmp = "<" if est["limit"] == "memory" else ">="
     out(f"  bound by     {est['limit']}: intensity {est['intensity']:.3g} {cmp} ridge "
         f"{est['ridge']:.3g}")
-    out(f"  time bound   {_fmt_time(est['bound'])} (bytes / copy = {_fmt_time(est['memory_s'])}"
-        f", FLOPs / matmul = {_fmt_time(est['compute_s'])}): no kernel can be faster")
-    out(f"\npredict before you measure: write down how close to {_fmt_time(est['bound'])} you "
+    out(f"  time bound   {format_time(est['bound'])} (bytes / copy = {format_time(est['memory_s'])}"
+        f", FLOPs / matmul = {format_time(est['compute_s'])}): no kernel can be faster")
+    out(f"\npredict before you measure: write down how close to {format_time(est['bound'])} you "
         f"expect torch, leedl_fast and your kernel to get, then measure: leedl-fast roofline "
         f"{spec.name}{' --shape ' + shape_s if a.shape else ''} --plot  (or leedl-fast check "
         f"FILE --op {spec.name})")
@@ -314,7 +308,7 @@ def main(argv=None, out=print) -> int:
     out(f"\nmeasured on {a.device} ({'quick, ' if quick else ''}median):")
     table = [["candidate", "time", "GB/s", "GFLOP/s", "% of bound", "note"]]
     for name, t, note in rows:
-        table.append([name, _fmt_time(t), f"{est['nbytes'] / t / 1e9:.1f}" if t else "-",
+        table.append([name, format_time(t), f"{est['nbytes'] / t / 1e9:.1f}" if t else "-",
                       f"{est['flops'] / t / 1e9:.1f}" if t else "-",
                       f"{100 * est['bound'] / t:.1f}%" if t else "-", note])
     widths = [max(len(r[j]) for r in table) for j in range(len(table[0]))]
